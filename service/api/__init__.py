@@ -1,0 +1,1 @@
+"""The HTTP API the mini-program talks to."""

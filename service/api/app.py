@@ -1,0 +1,174 @@
+"""The aiohttp application: routes, the one error shape, and the pool's lifetime.
+
+Handlers are thin: validate, one statement through the pool, answer. Nothing is kept
+between requests but the pool, so any number of API processes can serve the same port.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from service import db, errors, tasks
+from service.api import validation
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+POOL_KEY = web.AppKey("pool", AsyncConnectionPool)
+# Hooks run on every answered request: (request, status, seconds). Metrics subscribe here.
+REQUEST_OBSERVERS_KEY = web.AppKey("request_observers", list)
+
+JSON = "application/json"
+POOL_OPEN_TIMEOUT_S = 15.0
+READY_TIMEOUT_S = 1.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Raised by a handler to answer with the one JSON error shape."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+
+def json_response(data: Any, *, status: int = 200,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON,
+                        headers=headers)
+
+
+def error_response(error: ApiError) -> web.Response:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.field:
+        body["field"] = error.field
+    return json_response({"error": body}, status=error.status, headers=error.headers)
+
+
+# aiohttp's own HTTP errors (unknown route, wrong method, body too large) as our codes.
+_HTTP_CODES = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+    413: "payload_too_large", 415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except validation.Invalid as exc:
+        return error_response(ApiError(400, "validation_error", exc.message, field=exc.field))
+    except errors.DatabaseUnavailable as exc:
+        logger.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
+        return _unavailable(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = "request body too large" if exc.status == 413 else exc.reason
+        return error_response(ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
+                                       message, headers=_allow_header(exc)))
+    except Exception:
+        # Logged with its traceback here; the client learns nothing about internals.
+        logger.exception("%s %s failed", request.method, request.path)
+        return error_response(ApiError(500, "internal_error", "internal server error"))
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def _unavailable(request: web.Request) -> web.Response:
+    retry_after = request.app[SETTINGS_KEY].retry_after_s
+    return error_response(ApiError(
+        503, "unavailable", "the service is busy or its database is unreachable; retry later",
+        headers={"Retry-After": str(retry_after)}))
+
+
+async def generate_video(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    if request.content_type != JSON:
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON (UTF-8)") from exc
+    new = validation.create_request(body, settings, request.headers.get("Idempotency-Key"))
+    created = await tasks.create(request.app[POOL_KEY], new)
+    headers = {"Location": f"/api/progress/{created.task_id}"}
+    if not created.created:
+        if new.idempotency_key is None or created.request_fingerprint != new.request_fingerprint:
+            raise ApiError(409, "idempotency_key_reused",
+                           "this Idempotency-Key was already used with a different request",
+                           field="Idempotency-Key")
+        headers["Idempotent-Replayed"] = "true"
+    return json_response({"task_id": str(created.task_id), "status": created.status.value,
+                          "total_parts": created.total_parts}, status=202, headers=headers)
+
+
+async def progress(request: web.Request) -> web.Response:
+    raw_id = request.match_info["task_id"]
+    try:
+        task_id = uuid.UUID(raw_id)
+    except ValueError as exc:
+        raise ApiError(400, "validation_error", "task_id must be a UUID",
+                       field="task_id") from exc
+    row = await tasks.get_progress(request.app[POOL_KEY], task_id)
+    if row is None:
+        raise ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
+    return json_response(tasks.progress_json(row))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when a statement goes through PgBouncer to PostgreSQL."""
+    pool = request.app[POOL_KEY]
+    try:
+        async with pool.connection(timeout=READY_TIMEOUT_S) as conn:
+            await conn.execute("SELECT 1")
+    except Exception as exc:
+        logger.warning("readyz: %s", type(exc).__name__)
+        return _unavailable(request)
+    return json_response({"status": "ready"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=settings.request_max_bytes)
+    app[SETTINGS_KEY] = settings
+    app[REQUEST_OBSERVERS_KEY] = []
+    app.cleanup_ctx.append(_pool_ctx)
+    app.router.add_post("/api/generate-video", generate_video)
+    app.router.add_get("/api/progress/{task_id}", progress)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    # Finished videos; in production a CDN or object store serves these instead.
+    app.router.add_static("/media/", settings.media_dir, append_version=False)
+    return app
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = db.create_pool(app[SETTINGS_KEY], name="video-tasks-api")
+    # Opened inside the running loop; a wrong URL or password fails here, at boot.
+    await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+    app[POOL_KEY] = pool
+    yield
+    await pool.close()

@@ -1,0 +1,88 @@
+"""Validation of the create-task request: every rule names its field."""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service import tasks
+from service.settings import Settings
+
+VIDEO_TYPES = frozenset({"video"})
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Invalid(Exception):
+    """Raised when the request breaks a rule; the API answers 400 naming the field."""
+
+    field: str
+    message: str
+
+
+def create_request(body: Any, settings: Settings, idempotency_key: str | None) -> tasks.NewTask:
+    if not isinstance(body, dict):
+        raise Invalid("body", "the body must be a JSON object")
+    product_name = _text(body, "product_name", settings.text_max_chars)
+    theme = _text(body, "theme", settings.text_max_chars)
+    duration = _duration(body, settings)
+    video_type = body.get("type")
+    if video_type not in VIDEO_TYPES:
+        raise Invalid("type", 'type is required and must be "video"')
+    if idempotency_key is not None:
+        _check_idempotency_key(idempotency_key)
+    fields = {"product_name": product_name, "theme": theme, "duration": duration,
+              "type": video_type}
+    fingerprint = hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return tasks.NewTask(
+        **fields,
+        total_parts=tasks.part_count(duration, settings.part_seconds),
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+    )
+
+
+def _text(body: dict[str, Any], name: str, max_chars: int) -> str:
+    value = body.get(name)
+    if value is None:
+        raise Invalid(name, f"{name} is required")
+    if not isinstance(value, str):
+        raise Invalid(name, f"{name} must be a string")
+    value = value.strip()
+    if not value:
+        raise Invalid(name, f"{name} must not be empty")
+    if len(value) > max_chars:
+        raise Invalid(name, f"{name} must be at most {max_chars} characters")
+    # NUL cannot be stored in PostgreSQL text, lone surrogates cannot be encoded as UTF-8,
+    # and other control characters have no place in a name shown on a video.
+    if any(unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"} for ch in value):
+        raise Invalid(name, f"{name} must not contain control or invalid characters")
+    return value
+
+
+def _duration(body: dict[str, Any], settings: Settings) -> int:
+    value = body.get("duration")
+    if value is None:
+        raise Invalid("duration", "duration is required")
+    # JSON true is a Python int; 5.0 is a whole number written as a float.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid("duration", "duration must be a whole number of seconds")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise Invalid("duration", "duration must be a whole number of seconds")
+        value = int(value)
+    if not settings.duration_min_s <= value <= settings.duration_max_s:
+        raise Invalid("duration", f"duration must be between {settings.duration_min_s} and "
+                                  f"{settings.duration_max_s} seconds")
+    return value
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX_CHARS or not key.isascii() \
+            or not key.isprintable():
+        raise Invalid("Idempotency-Key", "the Idempotency-Key header must be 1 to "
+                                         f"{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters")

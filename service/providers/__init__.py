@@ -1,0 +1,16 @@
+"""Video providers: what renders a task's parts and joins them into one video."""
+
+from __future__ import annotations
+
+from service.providers.base import PartJob, VideoProvider
+from service.settings import Settings
+
+__all__ = ["PartJob", "VideoProvider", "from_settings"]
+
+
+def from_settings(settings: Settings) -> VideoProvider:
+    if settings.video_provider == "simulated":
+        from service.providers.simulated import SimulatedProvider
+        return SimulatedProvider(part_s=settings.simulated_part_s)
+    from service.providers.ffmpeg import FfmpegProvider
+    return FfmpegProvider.from_settings(settings)

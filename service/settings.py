@@ -1,0 +1,192 @@
+"""Settings: the only module that reads the environment.
+
+Every default runs the local stack (`make run`). `Settings.from_env()` reports every
+bad value in one error; tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from service import errors
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Credentials of the local stack (make run, tests). Production sets the URLs.
+LOCAL_DB_NAME = "videotasks"
+LOCAL_APP_USER = "app:app-local-password"
+LOCAL_ADMIN_USER = "pgbouncer_admin:admin-local-password"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Ports of the local stack; the three URLs below are derived from them when unset.
+    postgres_port: int = 55432
+    pgbouncer_port: int = 6432
+    # Through PgBouncer (transaction mode): what the API and worker use.
+    database_url: str = field(default="", repr=False)
+    # Straight to PostgreSQL: migrations and diagnostics only.
+    database_direct_url: str = field(default="", repr=False)
+    # PgBouncer's admin console (virtual database "pgbouncer"): SHOW POOLS and the like.
+    pgbouncer_admin_url: str = field(default="", repr=False)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Several API processes share the port with SO_REUSEPORT.
+    api_processes: int = 1
+    public_base_url: str = "http://127.0.0.1:8000"
+    request_max_bytes: int = 16 * 1024
+    # /metrics is served on its own address, never on the public port, unless a token is set.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
+    metrics_token: str = field(default="", repr=False)
+
+    # The app's own psycopg pool, per process. PgBouncer does the real pooling.
+    app_pool_min: int = 1
+    app_pool_max: int = 4
+    # How long a request waits for a pool connection before it answers 503.
+    pool_timeout_s: float = 2.0
+    # Seconds a client is told to wait in Retry-After when the database is busy or down.
+    retry_after_s: int = 2
+    # Set on the app's role by `migrate` (PgBouncer does not pass startup options on).
+    db_statement_timeout_ms: int = 5000
+    db_idle_in_transaction_timeout_ms: int = 10000
+    db_lock_timeout_ms: int = 2000
+
+    worker_concurrency: int = 4
+    worker_poll_interval_s: float = 0.5
+    worker_metrics_port: int = 9101
+    lease_s: float = 30.0
+    heartbeat_interval_s: float = 5.0
+    max_attempts: int = 3
+    retry_base_delay_s: float = 2.0
+    # On SIGTERM, in-flight stages get this long before tasks are handed back.
+    shutdown_grace_s: float = 20.0
+
+    duration_min_s: int = 5
+    duration_max_s: int = 60
+    part_seconds: int = 5
+    text_max_chars: int = 100
+
+    # "ffmpeg" renders real clips; "simulated" waits simulated_part_s per part (benchmarks).
+    video_provider: str = "ffmpeg"
+    simulated_part_s: float = 2.0
+    video_width: int = 720
+    video_height: int = 1280
+    video_fps: int = 25
+    # Empty: the first CJK font found among the usual system paths.
+    video_font_file: str = ""
+    media_dir: Path = PROJECT_DIR / ".stack" / "media"
+    # Where parts are rendered before merging; must be shared by the workers of one host.
+    work_dir: Path = PROJECT_DIR / ".stack" / "work"
+
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        derived = {
+            "database_url": f"postgresql://{LOCAL_APP_USER}@127.0.0.1:{self.pgbouncer_port}/"
+                            f"{LOCAL_DB_NAME}",
+            "database_direct_url": f"postgresql://{LOCAL_APP_USER}@127.0.0.1:"
+                                   f"{self.postgres_port}/{LOCAL_DB_NAME}",
+            "pgbouncer_admin_url": f"postgresql://{LOCAL_ADMIN_USER}@127.0.0.1:"
+                                   f"{self.pgbouncer_port}/pgbouncer",
+        }
+        for name, url in derived.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, url)
+        problems = _validate(self)
+        if problems:
+            raise errors.ConfigError("invalid settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment (upper-case field names)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            raw = environ.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            convert = _CONVERTERS.get(_type_name(f), str)
+            try:
+                values[f.name] = convert(raw)
+            except ValueError:
+                problems.append(f"{f.name.upper()}={raw!r} is not a valid {_type_name(f)}")
+        if problems:
+            raise errors.ConfigError("invalid settings: " + "; ".join(problems))
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """Settings as strings with passwords hidden, for logs and the doctor."""
+        shown = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "metrics_token":
+                value = "***" if value else ""
+            shown[f.name] = redact_url(str(value))
+        return shown
+
+
+def redact_url(text: str) -> str:
+    """Hide the password in a postgresql:// URL."""
+    return re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1:***@", text)
+
+
+def _type_name(f: dataclasses.Field[Any]) -> str:
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "str": str,
+    "Path": lambda raw: Path(raw).expanduser().resolve(),
+}
+
+
+def _validate(s: Settings) -> list[str]:
+    problems = []
+    for name in ("database_url", "database_direct_url", "pgbouncer_admin_url"):
+        if not getattr(s, name).startswith(("postgresql://", "postgres://")):
+            problems.append(f"{name.upper()} must be a postgresql:// URL")
+    positive = (
+        "api_port", "api_processes", "app_pool_max", "worker_concurrency", "part_seconds",
+        "duration_min_s", "max_attempts", "video_width", "video_height", "video_fps",
+        "text_max_chars", "request_max_bytes", "retry_after_s",
+    )
+    for name in positive:
+        if getattr(s, name) < 1:
+            problems.append(f"{name.upper()} must be at least 1")
+    for name in ("pool_timeout_s", "lease_s", "heartbeat_interval_s", "worker_poll_interval_s"):
+        if getattr(s, name) <= 0:
+            problems.append(f"{name.upper()} must be positive")
+    if s.app_pool_min < 0 or s.app_pool_min > s.app_pool_max:
+        problems.append("APP_POOL_MIN must be between 0 and APP_POOL_MAX")
+    if s.duration_max_s < s.duration_min_s:
+        problems.append("DURATION_MAX_S must not be below DURATION_MIN_S")
+    if s.heartbeat_interval_s * 2 > s.lease_s:
+        problems.append("HEARTBEAT_INTERVAL_S must be at most half of LEASE_S")
+    if s.video_provider not in {"ffmpeg", "simulated"}:
+        problems.append("VIDEO_PROVIDER must be 'ffmpeg' or 'simulated'")
+    if s.video_width % 2 or s.video_height % 2:
+        problems.append("VIDEO_WIDTH and VIDEO_HEIGHT must be even (H.264 4:2:0)")
+    return problems

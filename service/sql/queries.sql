@@ -1,0 +1,150 @@
+-- Every statement the service runs on video_generation_tasks, by name.
+-- Loaded by service/queries.py; parameters are psycopg named placeholders.
+-- Transaction pooling: each statement runs alone (autocommit), no session state.
+
+-- create_task --
+-- Idempotent: a retried insert of the same task_id, or a repeated Idempotency-Key,
+-- returns the existing row (created = false) instead of a duplicate.
+WITH inserted AS (
+    INSERT INTO video_generation_tasks
+        (task_id, product_name, theme, duration, type, total_parts,
+         idempotency_key, request_fingerprint)
+    VALUES
+        (%(task_id)s, %(product_name)s, %(theme)s, %(duration)s, %(type)s, %(total_parts)s,
+         %(idempotency_key)s, %(request_fingerprint)s)
+    ON CONFLICT DO NOTHING
+    RETURNING task_id, status, total_parts, request_fingerprint, true AS created
+)
+SELECT task_id, status, total_parts, request_fingerprint, created FROM inserted
+UNION ALL
+SELECT task_id, status, total_parts, request_fingerprint, false AS created
+FROM video_generation_tasks
+WHERE (task_id = %(task_id)s OR idempotency_key = %(idempotency_key)s)
+  AND NOT EXISTS (SELECT 1 FROM inserted)
+LIMIT 1;
+
+-- get_progress --
+SELECT task_id, status, progress, current_part, total_parts, video_url, error_message,
+       created_at, updated_at
+FROM video_generation_tasks
+WHERE task_id = %(task_id)s;
+
+-- get_task_state --
+-- What operators and tests see of one task's queue bookkeeping.
+SELECT task_id, status, current_part, total_parts, attempts, worker_id, lease_expires_at,
+       run_after, video_url, error_message
+FROM video_generation_tasks
+WHERE task_id = %(task_id)s;
+
+-- claim_tasks --
+-- Lease up to %(limit)s runnable pending tasks in one statement. SKIP LOCKED lets many
+-- workers claim at once without waiting on each other's rows; the lock ends at commit,
+-- and from then on the lease (worker_id, lease_expires_at) says who owns the task.
+WITH claimable AS (
+    SELECT task_id
+    FROM video_generation_tasks
+    WHERE status = 'pending' AND run_after <= now()
+    ORDER BY run_after, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE video_generation_tasks AS t
+SET status = 'generating',
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+    attempts = t.attempts + 1,
+    updated_at = now()
+FROM claimable
+WHERE t.task_id = claimable.task_id
+RETURNING t.task_id, t.product_name, t.theme, t.duration, t.total_parts, t.current_part,
+          t.attempts;
+
+-- heartbeat_tasks --
+-- Extend the leases a worker still holds; the ids missing from the result were lost.
+UPDATE video_generation_tasks
+SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+WHERE task_id = ANY(%(task_ids)s)
+  AND worker_id = %(worker_id)s
+  AND status IN ('generating', 'merging', 'uploading')
+RETURNING task_id;
+
+-- finish_part --
+UPDATE video_generation_tasks
+SET current_part = %(part)s,
+    progress = %(progress)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+    updated_at = now()
+WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'generating'
+RETURNING task_id;
+
+-- set_stage --
+-- Move a leased task to merging or uploading.
+UPDATE video_generation_tasks
+SET status = %(status)s,
+    progress = %(progress)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+    updated_at = now()
+WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+  AND status IN ('generating', 'merging', 'uploading')
+RETURNING task_id;
+
+-- complete_task --
+UPDATE video_generation_tasks
+SET status = 'completed', progress = 100, current_part = total_parts, video_url = %(video_url)s,
+    error_message = NULL, worker_id = NULL, lease_expires_at = NULL,
+    finished_at = now(), updated_at = now()
+WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+  AND status IN ('generating', 'merging', 'uploading')
+RETURNING task_id;
+
+-- fail_task --
+UPDATE video_generation_tasks
+SET status = 'failed', error_message = %(error_message)s, worker_id = NULL,
+    lease_expires_at = NULL, finished_at = now(), updated_at = now()
+WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+  AND status IN ('generating', 'merging', 'uploading')
+RETURNING task_id;
+
+-- retry_task --
+-- A transient failure: back to pending, runnable again after the backoff delay.
+UPDATE video_generation_tasks
+SET status = 'pending', error_message = %(error_message)s, worker_id = NULL,
+    lease_expires_at = NULL, run_after = now() + make_interval(secs => %(delay_s)s),
+    updated_at = now()
+WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+  AND status IN ('generating', 'merging', 'uploading')
+RETURNING task_id;
+
+-- release_task --
+-- Graceful shutdown hands a task back at once; the interrupted attempt is not counted.
+UPDATE video_generation_tasks
+SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, run_after = now(),
+    attempts = greatest(attempts - 1, 0), updated_at = now()
+WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+  AND status IN ('generating', 'merging', 'uploading')
+RETURNING task_id;
+
+-- rescue_expired_tasks --
+-- Tasks whose worker died or froze: back to pending, or failed once out of attempts.
+UPDATE video_generation_tasks
+SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+    error_message = CASE WHEN attempts >= %(max_attempts)s
+        THEN 'The video could not be generated: the worker stopped responding '
+             || attempts || ' times.'
+        ELSE error_message END,
+    finished_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
+    worker_id = NULL, lease_expires_at = NULL, run_after = now(), updated_at = now()
+WHERE status IN ('generating', 'merging', 'uploading') AND lease_expires_at < now()
+RETURNING task_id, status;
+
+-- count_tasks_by_status --
+SELECT status, count(*) AS tasks FROM video_generation_tasks GROUP BY status;
+
+-- queue_lag --
+-- Seconds the oldest runnable pending task has waited.
+SELECT coalesce(extract(epoch FROM now() - min(run_after)), 0)::float8 AS lag_s
+FROM video_generation_tasks
+WHERE status = 'pending' AND run_after <= now();
+
+-- ping --
+SELECT 1 AS ok;
