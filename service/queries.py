@@ -1,7 +1,8 @@
-"""Named SQL statements, loaded once from sql/queries.sql.
+"""Named SQL statements, loaded once from the files in sql/.
 
-A statement starts at a `-- name --` line and runs to the next one. Keeping all SQL in
-one file makes it reviewable as SQL and keeps values out of string formatting.
+A statement starts at a `-- name --` line and runs to the next one. Keeping SQL in .sql
+files makes it reviewable as SQL and keeps values out of string formatting. Names are
+unique across all files (queries.sql: the tasks table; others: one file per concern).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from functools import cache
 from pathlib import Path
 
 _HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
-QUERIES_FILE = Path(__file__).parent / "sql" / "queries.sql"
+SQL_DIR = Path(__file__).parent / "sql"
 
 
-def parse(text: str) -> dict[str, str]:
+def parse(text: str, statements: dict[str, str] | None = None) -> dict[str, str]:
+    statements = {} if statements is None else statements
     parts = _HEADER.split(text)
-    statements = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in statements:
             raise ValueError(f"query {name!r} is defined twice")
@@ -26,7 +27,10 @@ def parse(text: str) -> dict[str, str]:
 
 @cache
 def all_queries() -> dict[str, str]:
-    return parse(QUERIES_FILE.read_text(encoding="utf-8"))
+    statements: dict[str, str] = {}
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        parse(path.read_text(encoding="utf-8"), statements)
+    return statements
 
 
 def get(name: str) -> str:

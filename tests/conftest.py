@@ -1,0 +1,111 @@
+"""Test fixtures: a throwaway PostgreSQL cluster and PgBouncer on free ports.
+
+The session starts them with the same code as `make up` (ops.stack.Stack), in a
+temporary directory, so the tests pass whether or not a local stack is running, and
+stops them (and every process a test started) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import psycopg
+import pytest
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from ops.stack import Stack, free_port
+from service import db
+from service.api.app import create_app
+from service.settings import Settings
+from tests.helpers import ServiceProcesses
+
+# PgBouncer's server pool for the tests: small, so that bounds are visible.
+TEST_POOL_SIZE = 6
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix="video-tasks-test-", dir="/tmp"))
+    settings = Settings(
+        postgres_port=free_port(),
+        pgbouncer_port=free_port(),
+        api_port=free_port(),
+        metrics_port=free_port(),
+        worker_metrics_port=free_port(),
+        public_base_url="http://127.0.0.1:0",
+        media_dir=root / "media",
+        work_dir=root / "work",
+        lease_s=6.0,
+        heartbeat_interval_s=1.0,
+        worker_poll_interval_s=0.2,
+        retry_base_delay_s=0.2,
+        shutdown_grace_s=10.0,
+    )
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PGBOUNCER_", "DATABASE_", "POSTGRES_"))}
+    env.update(PGBOUNCER_DEFAULT_POOL_SIZE=str(TEST_POOL_SIZE),
+               PGBOUNCER_MAX_DB_CONNECTIONS=str(TEST_POOL_SIZE + 4),
+               PGBOUNCER_RESERVE_POOL_SIZE="0",
+               PGBOUNCER_MAX_CLIENT_CONN="400")
+    stack = Stack(root=root, settings=settings, env=env)
+    try:
+        stack.up(app=False, log=lambda _msg: None)
+        yield stack
+    finally:
+        stack.down(log=lambda _msg: None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> Settings:
+    return stack.settings
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
+    """A pool through PgBouncer, as the API and worker have."""
+    pool = db.create_pool(settings, name="video-tasks-tests", max_size=8)
+    await pool.open(wait=True, timeout=10)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def direct(settings: Settings) -> Iterator[psycopg.Connection]:
+    """A direct connection to PostgreSQL, for looking behind PgBouncer."""
+    with psycopg.connect(settings.database_direct_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+async def api_url(settings: Settings) -> AsyncIterator[str]:
+    """The API app served in this process on a real port."""
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest.fixture
+def processes(stack: Stack) -> Iterator[ServiceProcesses]:
+    """Start API and worker subprocesses against the test stack; all stopped at the end."""
+    procs = ServiceProcesses(stack)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
