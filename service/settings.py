@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from service import errors
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -76,6 +79,12 @@ class Settings:
     # "ffmpeg" renders real clips; "simulated" waits simulated_part_s per part (benchmarks).
     video_provider: str = "ffmpeg"
     simulated_part_s: float = 2.0
+    # Fault injection for tests and benchmarks, simulated provider only (see
+    # service/providers/simulated.py): fail the first N part renders of every task, or
+    # every render, with a provider error; and log each rendered part to this file.
+    simulated_fail_first: int = 0
+    simulated_fail_always: bool = False
+    simulated_render_log: str = ""
     video_width: int = 720
     video_height: int = 1280
     video_fps: int = 25
@@ -166,8 +175,10 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 def _validate(s: Settings) -> list[str]:
     problems = []
     for name in ("database_url", "database_direct_url", "pgbouncer_admin_url"):
-        if not getattr(s, name).startswith(("postgresql://", "postgres://")):
-            problems.append(f"{name.upper()} must be a postgresql:// URL")
+        try:
+            conninfo_to_dict(getattr(s, name))
+        except psycopg.ProgrammingError:
+            problems.append(f"{name.upper()} must be a postgresql:// URL or libpq conninfo")
     positive = (
         "api_port", "api_processes", "app_pool_max", "worker_concurrency", "part_seconds",
         "duration_min_s", "max_attempts", "video_width", "video_height", "video_fps",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import aiohttp
@@ -179,8 +180,6 @@ async def test_same_idempotency_key_with_another_body_is_409(http, api_url):
 
 
 async def test_concurrent_requests_with_one_idempotency_key_make_one_task(http, api_url, direct):
-    import asyncio
-
     key = f"burst-{uuid.uuid4()}"
 
     async def post() -> str:
@@ -205,8 +204,6 @@ async def test_errors_never_carry_tracebacks(http, api_url):
 
 
 async def test_client_disconnect_mid_body_leaves_service_healthy(api_url):
-    import asyncio
-
     host, port = api_url.removeprefix("http://").split(":")
     _reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"POST /api/generate-video HTTP/1.1\r\nHost: x\r\n"

@@ -1,0 +1,63 @@
+"""Settings come from the environment in one place and report every bad value at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service import errors
+from service.settings import Settings, redact_url
+
+
+def test_defaults_run_the_local_stack():
+    s = Settings.from_env({})
+    assert s.database_url == "postgresql://app:app-local-password@127.0.0.1:6432/videotasks"
+    assert s.database_direct_url.endswith("@127.0.0.1:55432/videotasks")
+    assert s.pgbouncer_admin_url.endswith("@127.0.0.1:6432/pgbouncer")
+    assert (s.app_pool_min, s.app_pool_max, s.pool_timeout_s) == (1, 4, 2.0)
+    assert (s.duration_min_s, s.duration_max_s, s.part_seconds) == (5, 60, 5)
+
+
+def test_ports_move_the_derived_urls_but_explicit_urls_win():
+    s = Settings.from_env({"PGBOUNCER_PORT": "7000", "POSTGRES_PORT": "7001"})
+    assert ":7000/videotasks" in s.database_url
+    assert ":7001/videotasks" in s.database_direct_url
+    explicit = Settings.from_env({"DATABASE_URL": "postgresql://u:p@db:6432/x"})
+    assert explicit.database_url == "postgresql://u:p@db:6432/x"
+
+
+def test_values_are_converted_by_type():
+    s = Settings.from_env({"APP_POOL_MAX": "8", "POOL_TIMEOUT_S": "1.5",
+                           "MEDIA_DIR": "/tmp/media-x"})
+    assert s.app_pool_max == 8
+    assert s.pool_timeout_s == 1.5
+    assert s.media_dir == Path("/tmp/media-x")
+
+
+def test_every_bad_value_is_reported_in_one_error():
+    with pytest.raises(errors.ConfigError) as caught:
+        Settings.from_env({"APP_POOL_MAX": "many", "LEASE_S": "soon", "API_PORT": "x"})
+    message = str(caught.value)
+    for name in ("APP_POOL_MAX", "LEASE_S", "API_PORT"):
+        assert name in message
+
+
+def test_inconsistent_values_are_rejected():
+    with pytest.raises(errors.ConfigError) as caught:
+        Settings(app_pool_min=5, app_pool_max=2, heartbeat_interval_s=20, lease_s=30,
+                 video_provider="magic", database_url="mysql://nope")
+    message = str(caught.value)
+    for fragment in ("APP_POOL_MIN", "HEARTBEAT_INTERVAL_S", "VIDEO_PROVIDER", "DATABASE_URL"):
+        assert fragment in message
+
+
+def test_passwords_never_show_in_repr_or_description():
+    s = Settings(database_url="postgresql://app:s3cret@db:6432/videotasks",
+                 metrics_token="tok3n")
+    assert "s3cret" not in repr(s)
+    assert "tok3n" not in repr(s)
+    described = s.describe()
+    assert "s3cret" not in str(described)
+    assert "tok3n" not in str(described)
+    assert redact_url("postgresql://a:b@h/d") == "postgresql://a:***@h/d"
