@@ -103,7 +103,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def processes(stack: Stack) -> Iterator[ServiceProcesses]:
-    """Start API and worker subprocesses against the test stack; all stopped at the end."""
+    """Start API and worker subprocesses against the test stack; all stopped at the end.
+
+    The queue starts empty: workers would otherwise first work through the tasks that
+    earlier tests created and left pending.
+    """
+    with psycopg.connect(stack.settings.database_direct_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM video_generation_tasks")
     procs = ServiceProcesses(stack)
     try:
         yield procs
