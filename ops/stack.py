@@ -137,6 +137,7 @@ class Stack:
     # --- the whole stack -------------------------------------------------------------
 
     def up(self, *, app: bool = True, log=print) -> None:
+        self._check_ports(app=app)
         self._prepare_dirs()
         self.start_postgres(log)
         self.provision()
@@ -188,6 +189,16 @@ class Stack:
         if self.service_user:
             return ["runuser", "-u", self.service_user, "--", *argv]
         return argv
+
+    def _check_ports(self, *, app: bool) -> None:
+        """Before starting anything: every part that is not running needs its port free."""
+        s = self.settings
+        if not self.postgres_pid():
+            self._check_port_free(s.postgres_port, "PostgreSQL", "POSTGRES_PORT")
+        if not self.pgbouncer_pid():
+            self._check_port_free(s.pgbouncer_port, "PgBouncer", "PGBOUNCER_PORT")
+        if app and not read_pid(self._pidfile("api")):
+            self._check_port_free(s.api_port, "the API", "API_PORT")
 
     def _check_port_free(self, port: int, what: str, setting: str) -> None:
         if port_open(port):
@@ -446,8 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run_foreground(stack: Stack) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Explicit: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.up()
         _print_urls(stack)
