@@ -96,6 +96,20 @@ class Settings:
 
     log_level: str = "INFO"
 
+    # The doctor (`python -m service doctor`). Worker processes it counts in the
+    # "(API processes + workers) x APP_POOL_MAX vs max_client_conn" arithmetic.
+    doctor_expected_workers: int = 1
+    # Every doctor step (connect, query, console command) gives up after this long.
+    doctor_timeout_s: float = 3.0
+    # Sessions idle in a transaction longer than this are reported.
+    doctor_idle_in_transaction_s: float = 1.0
+    # Running tasks created longer ago than this are reported (the seed's 10 minutes).
+    doctor_stuck_after_s: float = 600.0
+    # The oldest runnable pending task waiting longer than this is a warning.
+    doctor_queue_lag_warn_s: float = 60.0
+    # Average PgBouncer wait per transaction above this is a warning.
+    doctor_wait_warn_ms: float = 100.0
+
     def __post_init__(self) -> None:
         derived = {
             "database_url": f"postgresql://{LOCAL_APP_USER}@127.0.0.1:{self.pgbouncer_port}/"

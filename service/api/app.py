@@ -7,6 +7,7 @@ between requests but the pool, so any number of API processes can serve the same
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ import orjson
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from service import db, errors, tasks
+from service import db, errors, metrics, tasks
 from service.api import validation
 from service.settings import Settings
 
@@ -25,6 +26,7 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 POOL_KEY = web.AppKey("pool", AsyncConnectionPool)
 # Hooks run on every answered request: (request, status, seconds). Metrics subscribe here.
 REQUEST_OBSERVERS_KEY = web.AppKey("request_observers", list)
+METRICS_KEY = web.AppKey("metrics", metrics.ServiceMetrics)
 
 JSON = "application/json"
 POOL_OPEN_TIMEOUT_S = 15.0
@@ -84,6 +86,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # Logged with its traceback here; the client learns nothing about internals.
         logger.exception("%s %s failed", request.method, request.path)
         return error_response(ApiError(500, "internal_error", "internal server error"))
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every answered request for the REQUEST_OBSERVERS_KEY hooks."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _observe(request, exc.status, started)
+        raise
+    _observe(request, response.status, started)
+    return response
+
+
+def _observe(request: web.Request, status: int, started: float) -> None:
+    seconds = time.perf_counter() - started
+    for observer in request.app[REQUEST_OBSERVERS_KEY]:
+        observer(request, status, seconds)
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
@@ -149,16 +170,30 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
+async def public_metrics(request: web.Request) -> web.Response:
+    """/metrics on the public port: only with METRICS_TOKEN, else as if it did not exist."""
+    token = request.app[SETTINGS_KEY].metrics_token
+    if not token:
+        raise web.HTTPNotFound()
+    if not metrics.authorized(request.headers.get("Authorization"), token):
+        raise ApiError(401, "unauthorized", "/metrics needs Authorization: Bearer <token>",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return await metrics.response(request.app[METRICS_KEY])
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware],
+    app = web.Application(middlewares=[observe_middleware, error_middleware],
                           client_max_size=settings.request_max_bytes)
     app[SETTINGS_KEY] = settings
-    app[REQUEST_OBSERVERS_KEY] = []
+    app[METRICS_KEY] = metrics.ServiceMetrics("api")
+    app[REQUEST_OBSERVERS_KEY] = [app[METRICS_KEY].observe_request]
     app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_metrics_ctx)
     app.router.add_post("/api/generate-video", generate_video)
     app.router.add_get("/api/progress/{task_id}", progress)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", public_metrics)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     # Finished videos; in production a CDN or object store serves these instead.
     app.router.add_static("/media/", settings.media_dir, append_version=False)
@@ -172,3 +207,13 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     app[POOL_KEY] = pool
     yield
     await pool.close()
+
+
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """/metrics on METRICS_HOST:METRICS_PORT, with the pool's figures."""
+    settings, app_metrics = app[SETTINGS_KEY], app[METRICS_KEY]
+    app_metrics.pool = app[POOL_KEY]
+    runner = await metrics.serve(app_metrics, settings.metrics_host, settings.metrics_port)
+    yield
+    if runner is not None:
+        await runner.cleanup()

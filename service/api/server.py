@@ -22,7 +22,8 @@ def serve(settings: Settings) -> None:
         _serve_one(settings)
         return
     context = multiprocessing.get_context("fork")
-    children = [context.Process(target=_serve_one, args=(settings,), name=f"api-{i}")
+    children = [context.Process(target=_serve_one, args=(_process_settings(settings, i),),
+                                name=f"api-{i}")
                 for i in range(settings.api_processes)]
     for child in children:
         child.start()
@@ -36,6 +37,13 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGINT, forward)
     for child in children:
         child.join()
+
+
+def _process_settings(settings: Settings, index: int) -> Settings:
+    """Each process serves its own /metrics: process i on METRICS_PORT + i (0 stays off)."""
+    if not settings.metrics_port:
+        return settings
+    return settings.replace(metrics_port=settings.metrics_port + index)
 
 
 def _serve_one(settings: Settings) -> None:
