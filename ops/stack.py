@@ -4,6 +4,8 @@
     python -m ops.stack down     stop everything the stack started
     python -m ops.stack run      up, then follow the logs; Ctrl-C stops it all
     python -m ops.stack status   what runs where
+    python -m ops.stack render-pgbouncer    rewrite pgbouncer.ini (then ops/pgbouncer-reload)
+    python -m ops.stack restart-pgbouncer   stop and start PgBouncer
 
 Data, logs and pid files live under STACK_DIR (default .stack/). The OS packages' own
 PostgreSQL and PgBouncer services are never used or touched: the stack runs its own
@@ -311,11 +313,8 @@ class Stack:
             log(f"pgbouncer: already running on 127.0.0.1:{self.settings.pgbouncer_port}")
             return
         self._check_port_free(self.settings.pgbouncer_port, "PgBouncer", "PGBOUNCER_PORT")
-        ini, auth = render.render(self.pgbouncer_values(), self.pgbouncer_dir)
-        if self.service_user:
-            account = pwd.getpwnam(self.service_user)
-            for path in (ini, auth):
-                os.chown(path, account.pw_uid, account.pw_gid)
+        self.render_pgbouncer(log=lambda _msg: None)
+        ini = self.pgbouncer_dir / "pgbouncer.ini"
         result = subprocess.run(self._as_service_user([pgbouncer_bin(), "-d", str(ini)]),
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -341,6 +340,15 @@ class Stack:
         wait_until(lambda: not port_open(self.settings.pgbouncer_port), 10,
                    "PgBouncer's port to close")
         log("pgbouncer: stopped")
+
+    def render_pgbouncer(self, log=print) -> None:
+        """Rewrite pgbouncer.ini from the current settings; RELOAD applies it online."""
+        ini, auth = render.render(self.pgbouncer_values(), self.pgbouncer_dir)
+        if self.service_user:
+            account = pwd.getpwnam(self.service_user)
+            for path in (ini, auth):
+                os.chown(path, account.pw_uid, account.pw_gid)
+        log(f"pgbouncer: rendered {ini}; apply with ops/pgbouncer-reload")
 
     def restart_pgbouncer(self, log=print) -> None:
         self.stop_pgbouncer(log, sig=signal.SIGQUIT)
@@ -435,7 +443,8 @@ def _follow(paths: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The local stack without Docker.")
-    parser.add_argument("command", choices=["up", "down", "run", "status", "restart-pgbouncer"])
+    parser.add_argument("command", choices=["up", "down", "run", "status", "render-pgbouncer",
+                                            "restart-pgbouncer"])
     args = parser.parse_args(argv)
     try:
         stack = stack_from_env()
@@ -447,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             for part, state in stack.status().items():
                 print(f"{part:>9}: {state}")
+        elif args.command == "render-pgbouncer":
+            stack.render_pgbouncer()
         elif args.command == "restart-pgbouncer":
             stack.restart_pgbouncer()
         else:
