@@ -313,6 +313,8 @@ class Stack:
             log(f"pgbouncer: already running on 127.0.0.1:{self.settings.pgbouncer_port}")
             return
         self._check_port_free(self.settings.pgbouncer_port, "PgBouncer", "PGBOUNCER_PORT")
+        # Left by a PgBouncer that was killed (or is a zombie): it would refuse to start.
+        (self.run_dir / "pgbouncer.pid").unlink(missing_ok=True)
         self.render_pgbouncer(log=lambda _msg: None)
         ini = self.pgbouncer_dir / "pgbouncer.ini"
         result = subprocess.run(self._as_service_user([pgbouncer_bin(), "-d", str(ini)]),
@@ -336,9 +338,11 @@ class Stack:
         except StackError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        # The port can outlive the process for a moment; wait for it to close.
+        # The port can outlive the process for a moment; wait for it to close. A killed
+        # PgBouncer leaves its pid file, which would stop the next start.
         wait_until(lambda: not port_open(self.settings.pgbouncer_port), 10,
                    "PgBouncer's port to close")
+        (self.run_dir / "pgbouncer.pid").unlink(missing_ok=True)
         log("pgbouncer: stopped")
 
     def render_pgbouncer(self, log=print) -> None:

@@ -14,7 +14,11 @@ client connections to PgBouncer. The rules that mode imposes, written down once:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +36,9 @@ logger = logging.getLogger(__name__)
 # recovery after an outage never waits out a long backoff.
 RECONNECT_TIMEOUT_S = 4.0
 CONNECT_TIMEOUT_S = 3
+# A statement (with its one retry) ends within the pool timeout plus this: then the API
+# answers 503 and the worker tries again later.
+ANSWER_MARGIN_S = 1.0
 # Requests queued for a connection beyond this are refused at once (503), not queued.
 MAX_WAITING_PER_CONNECTION = 64
 
@@ -73,33 +80,98 @@ async def fetch_all(pool: AsyncConnectionPool, query_name: str,
     return await _run(pool, query_name, params, limit=None)
 
 
+async def ping(pool: AsyncConnectionPool, *, timeout_s: float) -> None:
+    """One statement through PgBouncer to PostgreSQL, within timeout_s (readiness checks).
+
+    Raises errors.DatabaseUnavailable.
+    """
+    await _run(pool, "ping", None, limit=1, budget_s=timeout_s)
+
+
 async def _run(pool: AsyncConnectionPool, query_name: str, params: Params | None,
-               *, limit: int | None) -> list[dict[str, Any]]:
-    """Run one named statement; retry once on a broken connection.
+               *, limit: int | None, budget_s: float | None = None) -> list[dict[str, Any]]:
+    """Run one named statement; retry once on a broken connection; never take longer
+    than budget_s, by default the pool's timeout plus ANSWER_MARGIN_S.
 
     Every statement the service runs is idempotent (inserts carry a client-made key, state
     changes are guarded in their WHERE), so a retry after a lost connection is safe. Before
     the retry the pool checks its idle connections: after PgBouncer or PostgreSQL restarts
     they are all dead, and a plain retry would only pick the next dead one.
+
+    The deadline matters while PostgreSQL is down behind a running PgBouncer: PgBouncer
+    1.18 queues a statement until query_wait_timeout (10 s) instead of failing it, and a
+    cancel request cannot reach it. At the deadline the connection is shut down, which
+    ends the statement at once; the pool replaces the connection.
     """
     sql = queries.get(query_name)
+    loop = asyncio.get_running_loop()
+    if budget_s is None:
+        budget_s = pool.timeout + ANSWER_MARGIN_S
+    deadline = loop.time() + budget_s
     for attempt in (1, 2):
+        expired: list[bool] = []
         try:
-            async with pool.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(sql, params)
-                if cur.description is None:
-                    return []
-                return await (cur.fetchmany(limit) if limit else cur.fetchall())
+            async with pool.connection(timeout=min(pool.timeout,
+                                                   _left(loop, deadline))) as conn:
+                timer = loop.call_at(deadline, _shut_down, conn, expired)
+                try:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(sql, params)
+                    if cur.description is None:
+                        return []
+                    return await (cur.fetchmany(limit) if limit else cur.fetchall())
+                finally:
+                    # Before the connection goes back to the pool.
+                    timer.cancel()
         except (PoolTimeout, TooManyRequests) as exc:
             raise errors.DatabaseUnavailable(f"no database connection: {exc}") from exc
         except psycopg.OperationalError as exc:
+            if expired:
+                raise errors.DatabaseUnavailable(
+                    f"no answer from the database within {budget_s:.1f} s") from exc
             if attempt == 2:
                 raise errors.DatabaseUnavailable(f"database error: {exc}") from exc
             logger.warning("%s failed (%s), checking the pool and retrying once",
                            query_name, type(exc).__name__)
-            try:
-                await pool.check()
-            except psycopg.Error:
-                logger.debug("pool check failed", exc_info=True)
+            await _check_pool(pool, _left(loop, deadline))
     raise AssertionError("unreachable")
+
+
+def _left(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    return max(deadline - loop.time(), 0.0)
+
+
+def _shut_down(conn: psycopg.AsyncConnection[Any], expired: list[bool]) -> None:
+    """End the statement in flight on conn now: its socket reads EOF, psycopg raises
+    OperationalError and marks the connection broken. Unlike a cancel request, this needs
+    no answer from PgBouncer or PostgreSQL."""
+    expired.append(True)
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return  # already closed
+    with contextlib.suppress(OSError), socket.fromfd(fd, socket.AF_INET,
+                                                     socket.SOCK_STREAM) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+# The check running for each pool, if any.
+_checks: weakref.WeakKeyDictionary[AsyncConnectionPool, asyncio.Task[None]] = \
+    weakref.WeakKeyDictionary()
+
+
+async def _check_pool(pool: AsyncConnectionPool, timeout_s: float) -> None:
+    """Let the pool test its idle connections, replacing broken ones; wait at most
+    timeout_s. One check per pool at a time; a check is never cancelled half-way (the
+    connections it holds would be lost to the pool), it goes on in the background."""
+    check = _checks.get(pool)
+    if check is None or check.done():
+        check = asyncio.create_task(pool.check(), name=f"check-{pool.name}")
+        _checks[pool] = check
+        check.add_done_callback(_check_done)
+    await asyncio.wait({check}, timeout=timeout_s)
+
+
+def _check_done(check: asyncio.Task[None]) -> None:
+    if not check.cancelled() and check.exception() is not None:
+        logger.debug("pool check failed: %r", check.exception())

@@ -160,12 +160,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when a statement goes through PgBouncer to PostgreSQL."""
-    pool = request.app[POOL_KEY]
     try:
-        async with pool.connection(timeout=READY_TIMEOUT_S) as conn:
-            await conn.execute("SELECT 1")
-    except Exception as exc:
-        logger.warning("readyz: %s", type(exc).__name__)
+        await db.ping(request.app[POOL_KEY], timeout_s=READY_TIMEOUT_S)
+    except errors.DatabaseUnavailable as exc:
+        logger.warning("readyz: %s", exc)
         return _unavailable(request)
     return json_response({"status": "ready"})
 

@@ -11,6 +11,6 @@ __all__ = ["PartJob", "VideoProvider", "from_settings"]
 def from_settings(settings: Settings) -> VideoProvider:
     if settings.video_provider == "simulated":
         from service.providers.simulated import SimulatedProvider
-        return SimulatedProvider(part_s=settings.simulated_part_s)
+        return SimulatedProvider.from_settings(settings)
     from service.providers.ffmpeg import FfmpegProvider
     return FfmpegProvider.from_settings(settings)

@@ -4,7 +4,8 @@
 
 -- create_task --
 -- Idempotent: a retried insert of the same task_id, or a repeated Idempotency-Key,
--- returns the existing row (created = false) instead of a duplicate.
+-- returns the existing row instead of a duplicate. created is true when the row is this
+-- request's own task_id: also on a retry whose first try committed but lost its answer.
 WITH inserted AS (
     INSERT INTO video_generation_tasks
         (task_id, product_name, theme, duration, type, total_parts,
@@ -17,7 +18,7 @@ WITH inserted AS (
 )
 SELECT task_id, status, total_parts, request_fingerprint, created FROM inserted
 UNION ALL
-SELECT task_id, status, total_parts, request_fingerprint, false AS created
+SELECT task_id, status, total_parts, request_fingerprint, task_id = %(task_id)s AS created
 FROM video_generation_tasks
 WHERE (task_id = %(task_id)s OR idempotency_key = %(idempotency_key)s)
   AND NOT EXISTS (SELECT 1 FROM inserted)

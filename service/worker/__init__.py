@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 
-from service import db, providers, storage
+from service import db, metrics, providers, storage
 from service.settings import Settings
 from service.worker.runner import Worker
 
@@ -23,6 +23,11 @@ async def serve(settings: Settings) -> None:
     pool = db.create_pool(settings, name="video-tasks-worker")
     await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
     worker = Worker(settings, pool, provider, store)
+    worker_metrics = metrics.ServiceMetrics("worker")
+    worker_metrics.pool = pool
+    worker_metrics.extra.append(metrics.worker_collector(worker))
+    metrics_runner = await metrics.serve(worker_metrics, settings.metrics_host,
+                                         settings.worker_metrics_port)
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -39,4 +44,6 @@ async def serve(settings: Settings) -> None:
     try:
         await worker.run()
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await pool.close()

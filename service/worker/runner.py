@@ -94,6 +94,9 @@ class Worker:
                                                 lease_s=self.settings.lease_s)
                 except errors.DatabaseUnavailable as exc:
                     logger.warning("claim failed: %s", exc)
+                except Exception:
+                    # Never let one odd failure stop the worker: log it, poll again.
+                    logger.exception("claim failed")
             for task in claimed:
                 logger.info("task %s: claimed (attempt %d, %d/%d parts done)", task.task_id,
                             task.attempts, task.current_part, task.total_parts)
@@ -136,6 +139,9 @@ class Worker:
             except errors.DatabaseUnavailable as exc:
                 logger.warning("heartbeat failed: %s", exc)
                 continue
+            except Exception:
+                logger.exception("heartbeat failed")
+                continue
             for task_id in set(held) - still_held:
                 runner = self.running.get(task_id)
                 if runner is not None and not runner.done():
@@ -151,6 +157,8 @@ class Worker:
                                    row["status"])
             except errors.DatabaseUnavailable as exc:
                 logger.warning("rescue failed: %s", exc)
+            except Exception:
+                logger.exception("rescue failed")
             await asyncio.sleep(RESCUE_INTERVAL_S)
 
     # --- one task ---------------------------------------------------------------------
@@ -228,26 +236,32 @@ class Worker:
 
     async def _after_failure(self, task: tasks.ClaimedTask, exc: BaseException) -> None:
         reason = _describe_failure(exc)
-        if task.attempts >= self.settings.max_attempts:
-            message = (f"The video could not be generated after {task.attempts} attempts: "
-                       f"{reason}.")
-            logger.warning("task %s: failed for good: %s", task.task_id, reason)
-            done = self._record(tasks.fail, task_id=task.task_id, error_message=message)
-            self.failed += 1
-            shutil.rmtree(self.settings.work_dir / str(task.task_id), ignore_errors=True)
-        else:
-            delay = backoff_delay_s(task.attempts, self.settings.retry_base_delay_s)
-            logger.warning("task %s: attempt %d failed (%s), retrying in %.1f s",
-                           task.task_id, task.attempts, reason, delay)
-            done = self._record(tasks.retry_later, task_id=task.task_id,
-                                error_message=f"Attempt {task.attempts} failed: {reason}; "
-                                              "retrying.", delay_s=delay)
+        final = task.attempts >= self.settings.max_attempts
         try:
-            await done
-        except (errors.LeaseLost, errors.DatabaseUnavailable) as record_exc:
-            # The lease covers it: the rescuer will hand the task on.
+            if final:
+                logger.warning("task %s: failed for good: %s", task.task_id, reason)
+                await self._record(tasks.fail, task_id=task.task_id, error_message=(
+                    f"The video could not be generated after {task.attempts} attempts: "
+                    f"{reason}."))
+            else:
+                delay = backoff_delay_s(task.attempts, self.settings.retry_base_delay_s)
+                logger.warning("task %s: attempt %d failed (%s), retrying in %.1f s",
+                               task.task_id, task.attempts, reason, delay)
+                await self._record(tasks.retry_later, task_id=task.task_id,
+                                   error_message=f"Attempt {task.attempts} failed: {reason}; "
+                                                 "retrying.", delay_s=delay)
+        except errors.LeaseLost:
+            # Another worker owns the task now: its work directory is not ours to remove.
+            logger.warning("task %s: lease lost, dropping it", task.task_id)
+            return
+        except errors.DatabaseUnavailable as record_exc:
+            # The lease covers it: once it expires, the rescuer hands the task on.
             logger.warning("task %s: could not record the failure: %s", task.task_id,
                            record_exc)
+            return
+        if final:
+            self.failed += 1
+            shutil.rmtree(self.settings.work_dir / str(task.task_id), ignore_errors=True)
 
     async def _hand_back(self, task: tasks.ClaimedTask) -> None:
         """On shutdown: back to pending now, rather than after the lease expires."""
