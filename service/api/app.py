@@ -60,7 +60,7 @@ def error_response(error: ApiError) -> web.Response:
 
 # aiohttp's own HTTP errors (unknown route, wrong method, body too large) as our codes.
 _HTTP_CODES = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+    400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     413: "payload_too_large", 415: "unsupported_media_type",
 }
 
