@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
@@ -30,6 +31,7 @@ from service import errors, queries
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 # A failed connection attempt is retried with backoff (about 1 s, 2 s, then the rest);
 # past this the pool gives up and new connections are made on demand instead, so
@@ -117,7 +119,9 @@ async def _run(pool: AsyncConnectionPool, query_name: str, params: Params | None
                 try:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(sql, params)
-                    if cur.description is None:
+                    # Not `cur.description is None`: that builds a Column object per
+                    # column on every call (about 10 us for the progress row).
+                    if cur.pgresult is None or cur.pgresult.status != TUPLES_OK:
                         return []
                     return await (cur.fetchmany(limit) if limit else cur.fetchall())
                 finally:

@@ -1,0 +1,246 @@
+"""The system under test: a private stack on free ports, and the service processes on it.
+
+PostgreSQL and PgBouncer start with the same code as `make up` (ops.stack.Stack), in
+the run's own directory, so a benchmark never touches a dev stack on the default ports.
+The API and worker run as `python -m service api|worker`, exactly as deployed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from ops.stack import Stack, free_port, port_open
+from service.settings import PROJECT_DIR, Settings
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+# Rows seeded for the read path and pgbench: pending, never runnable, never terminal.
+SEED_PREFIX = "bench-"
+SEED_SQL = """
+INSERT INTO video_generation_tasks
+    (task_id, product_name, theme, duration, type, total_parts, run_after)
+SELECT md5(%(prefix)s || n)::uuid, 'bench product ' || n, 'bench theme', 10, 'video', 2,
+       'infinity'
+FROM generate_series(1, %(rows)s) AS n
+ON CONFLICT DO NOTHING
+"""
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (API i serves metrics on base + i)."""
+    for _ in range(200):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def seed_ids(rows: int) -> list[str]:
+    """The task ids SEED_SQL creates, computed the same way (md5 of prefix + n)."""
+    import hashlib
+    import uuid
+    return [str(uuid.UUID(hashlib.md5(f"{SEED_PREFIX}{n}".encode()).hexdigest()))
+            for n in range(1, rows + 1)]
+
+
+def make_stack(root: Path, *, pool_size: int, pgbouncer_env: dict[str, str],
+               files_dir: Path | None = None) -> Stack:
+    """A Stack on free ports under root; PgBouncer's knobs from PGBOUNCER_* overrides.
+
+    files_dir holds the worker's part files and the "videos" of the simulated provider:
+    on tmpfs, so that the benchmark measures the service, not the disk's metadata speed
+    (PostgreSQL's data stays under root, on disk).
+    """
+    files = files_dir or root
+    settings = Settings(
+        postgres_port=free_port(),
+        pgbouncer_port=free_port(),
+        api_port=free_port(),
+        public_base_url="http://127.0.0.1:0",
+        media_dir=files / "media",
+        work_dir=files / "work",
+    )
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PGBOUNCER_", "DATABASE_", "POSTGRES_", "API_",
+                                  "METRICS_", "WORKER_", "APP_POOL_"))}
+    env["PGBOUNCER_DEFAULT_POOL_SIZE"] = str(pool_size)
+    env.update(pgbouncer_env)
+    return Stack(root=root, settings=settings, env=env)
+
+
+def pgbouncer_pool_settings(stack: Stack) -> dict[str, int]:
+    values = stack.pgbouncer_values()
+    return {name: int(values[name]) for name in (
+        "default_pool_size", "reserve_pool_size", "reserve_pool_timeout",
+        "max_db_connections", "max_client_conn", "query_wait_timeout")}
+
+
+def app_user(stack: Stack) -> str:
+    return conninfo_to_dict(stack.settings.database_direct_url)["user"]
+
+
+def superuser_connect(stack: Stack, dbname: str | None = None) -> psycopg.Connection:
+    db = dbname or conninfo_to_dict(stack.settings.database_direct_url)["dbname"]
+    return psycopg.connect(stack.superuser_url(db), autocommit=True)
+
+
+def reset_tasks(stack: Stack) -> None:
+    """Empty the tasks table between modes so that each starts alike, and close
+    PgBouncer's server connections: idle ones would linger (server_idle_timeout) and be
+    counted against the next mode."""
+    with superuser_connect(stack) as conn:
+        conn.execute("TRUNCATE video_generation_tasks")
+        conn.execute("VACUUM ANALYZE video_generation_tasks")
+    db = conninfo_to_dict(stack.settings.database_url)["dbname"]
+    with psycopg.connect(stack.settings.pgbouncer_admin_url, autocommit=True,
+                         cursor_factory=psycopg.ClientCursor) as admin:
+        # KILL drops the database's client and server connections; RESUME lets new
+        # clients in again.
+        admin.execute(f"KILL {db}")
+        admin.execute(f"RESUME {db}")
+
+
+def seed(stack: Stack, rows: int) -> list[str]:
+    with superuser_connect(stack) as conn:
+        conn.execute(SEED_SQL, {"prefix": SEED_PREFIX, "rows": rows})
+        conn.execute("VACUUM ANALYZE video_generation_tasks")
+    return seed_ids(rows)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Service:
+    """The API (api_processes processes on one port) and the workers of one mode."""
+
+    stack: Stack
+    overrides: dict[str, Any]
+    api_port: int = 0
+    metrics_base_port: int = 0
+    worker_metrics_ports: list[int] = field(default_factory=list)
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def api_processes(self) -> int:
+        return int(self.overrides.get("api_processes", 1))
+
+    def metrics_urls(self) -> dict[str, str]:
+        urls = {f"api-{i}": f"http://127.0.0.1:{self.metrics_base_port + i}/metrics"
+                for i in range(self.api_processes)}
+        for i, port in enumerate(self.worker_metrics_ports):
+            urls[f"worker-{i}"] = f"http://127.0.0.1:{port}/metrics"
+        return urls
+
+    def start(self, *, workers: int, tag: str) -> None:
+        self.api_port = free_port()
+        self.metrics_base_port = free_ports(self.api_processes)
+        for i in range(workers):
+            port = free_port()
+            self.worker_metrics_ports.append(port)
+            self._spawn("worker", f"{tag}-worker-{i}", worker_metrics_port=port)
+        self._spawn("api", f"{tag}-api", api_port=self.api_port,
+                    metrics_port=self.metrics_base_port)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not port_open(self.api_port):
+            for p in self.processes:
+                if not p.alive():
+                    raise RuntimeError(f"{p.name} exited at start; see {p.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not listen within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
+        # Every API process must be up, not only the first to bind the port.
+        time.sleep(0.3 + 0.2 * self.api_processes)
+
+    def _spawn(self, command: str, name: str, **extra: Any) -> None:
+        env = self.stack.app_env()
+        values = {**self.overrides, **extra}
+        env.update({key.upper(): str(value) for key, value in values.items()})
+        log_path = self.stack.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "service", command], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=PROJECT_DIR,
+                                    start_new_session=True)
+        self.processes.append(ServiceProcess(name, proc, log_path))
+
+    def pids(self) -> list[int]:
+        """The service's processes, forked API children included."""
+        pids = []
+        for p in self.processes:
+            pids.append(p.proc.pid)
+            pids.extend(_children(p.proc.pid))
+        return pids
+
+    def stop(self) -> None:
+        # SIGTERM: the API drains, the worker hands unfinished tasks back.
+        for p in self.processes:
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    p.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for p in self.processes:
+            try:
+                p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait(timeout=10)
+        self.processes.clear()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def pgbouncer_totals(stack: Stack) -> dict[str, int]:
+    """SHOW STATS totals of the app's database (statements and transactions pooled)."""
+    db = conninfo_to_dict(stack.settings.database_url)["dbname"]
+    with psycopg.connect(stack.settings.pgbouncer_admin_url, autocommit=True,
+                         cursor_factory=psycopg.ClientCursor) as conn:
+        cur = conn.execute("SHOW STATS")
+        names = [d.name for d in cur.description or []]
+        for values in cur.fetchall():
+            row = dict(zip(names, values, strict=True))
+            if row.get("database") == db:
+                return {"xact": int(row["total_xact_count"]),
+                        "query": int(row["total_query_count"])}
+    return {"xact": 0, "query": 0}
