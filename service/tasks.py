@@ -123,6 +123,12 @@ async def get_progress(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[st
     return await db.fetch_one(pool, "get_progress", {"task_id": task_id})
 
 
+async def get_progress_many(pool: AsyncConnectionPool,
+                            task_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    rows = await db.fetch_all(pool, "get_progress_many", {"task_ids": task_ids})
+    return {row["task_id"]: row for row in rows}
+
+
 async def get_state(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, Any] | None:
     return await db.fetch_one(pool, "get_task_state", {"task_id": task_id})
 

@@ -212,3 +212,41 @@ async def test_client_disconnect_mid_body_leaves_service_healthy(api_url):
     writer.close()
     async with aiohttp.ClientSession() as session, session.get(f"{api_url}/healthz") as resp:
         assert resp.status == 200
+
+
+def pgbouncer_queries(settings) -> int:
+    import psycopg
+
+    with psycopg.connect(settings.pgbouncer_admin_url, autocommit=True,
+                         cursor_factory=psycopg.ClientCursor) as console:
+        cur = console.execute("SHOW STATS")
+        names = [column.name for column in cur.description]
+        return sum(row[names.index("total_query_count")] for row in cur
+                   if row[names.index("database")] == "videotasks")
+
+
+async def test_concurrent_polls_each_get_their_own_row_from_shared_statements(http, api_url,
+                                                                              settings):
+    known = [await create_task(http, api_url, {**SEED_REQUEST, "duration": 5 + i % 10})
+             for i in range(40)]
+    unknown = [str(uuid.uuid4()) for _ in range(20)]
+    polls = [item["task_id"] for item in known] * 3 + unknown
+
+    async def poll(task_id: str) -> tuple[str, int, dict]:
+        async with http.get(f"{api_url}/api/progress/{task_id}") as resp:
+            return task_id, resp.status, await resp.json()
+
+    before = pgbouncer_queries(settings)
+    answers = await asyncio.gather(*(poll(task_id) for task_id in polls))
+    statements = pgbouncer_queries(settings) - before
+    expected_parts = {item["task_id"]: item["total_parts"] for item in known}
+    for task_id, status, body in answers:
+        if task_id in expected_parts:
+            assert status == 200
+            assert body["task_id"] == task_id
+            assert body["total_parts"] == expected_parts[task_id]
+        else:
+            assert status == 404
+            assert body["error"]["code"] == "task_not_found"
+    # Polls that arrive together share statements (PgBouncer counts every statement).
+    assert statements < len(polls), (statements, len(polls))

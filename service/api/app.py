@@ -17,6 +17,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from service import db, errors, metrics, tasks
+from service.api import progress as progress_reads
 from service.api import validation
 from service.settings import Settings
 
@@ -27,6 +28,7 @@ POOL_KEY = web.AppKey("pool", AsyncConnectionPool)
 # Hooks run on every answered request: (request, status, seconds). Metrics subscribe here.
 REQUEST_OBSERVERS_KEY = web.AppKey("request_observers", list)
 METRICS_KEY = web.AppKey("metrics", metrics.ServiceMetrics)
+PROGRESS_KEY = web.AppKey("progress_reader", progress_reads.ProgressReader)
 
 JSON = "application/json"
 POOL_OPEN_TIMEOUT_S = 15.0
@@ -148,7 +150,7 @@ async def progress(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ApiError(400, "validation_error", "task_id must be a UUID",
                        field="task_id") from exc
-    row = await tasks.get_progress(request.app[POOL_KEY], task_id)
+    row = await request.app[PROGRESS_KEY].get(task_id)
     if row is None:
         raise ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
     return json_response(tasks.progress_json(row))
@@ -203,6 +205,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     # Opened inside the running loop; a wrong URL or password fails here, at boot.
     await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
     app[POOL_KEY] = pool
+    app[PROGRESS_KEY] = progress_reads.ProgressReader(
+        pool, max_in_flight=app[SETTINGS_KEY].app_pool_max)
     yield
     await pool.close()
 

@@ -30,6 +30,13 @@ SELECT task_id, status, progress, current_part, total_parts, video_url, error_me
 FROM video_generation_tasks
 WHERE task_id = %(task_id)s;
 
+-- get_progress_many --
+-- The same row for many tasks at once: the API answers concurrent polls with one statement.
+SELECT task_id, status, progress, current_part, total_parts, video_url, error_message,
+       created_at, updated_at
+FROM video_generation_tasks
+WHERE task_id = ANY(%(task_ids)s);
+
 -- get_task_state --
 -- What operators and tests see of one task's queue bookkeeping.
 SELECT task_id, status, current_part, total_parts, attempts, worker_id, lease_expires_at,
