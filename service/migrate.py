@@ -53,7 +53,11 @@ def migrate(settings: Settings) -> list[str]:
                 conn.execute(path.read_text(encoding="utf-8"))
                 conn.execute(RECORD, {"version": version})
                 applied.append(version)
-        set_role_timeouts(conn, settings)
+        # Under the same lock: two concurrent ALTER ROLEs fail with "tuple concurrently
+        # updated".
+        with conn.transaction():
+            conn.execute(LOCK, {"key": MIGRATION_LOCK_KEY})
+            set_role_timeouts(conn, settings)
     return applied
 
 

@@ -38,14 +38,16 @@ class Status(StrEnum):
 RUNNING = frozenset({Status.GENERATING, Status.MERGING, Status.UPLOADING})
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED})
 
-# Every move a task can make; the statements in queries.sql make no others.
+# Every move a task can make; the statements in queries.sql make no others
+# (tests/test_task_states.py runs each statement against every status to check).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.GENERATING}),
-    Status.GENERATING: frozenset({Status.GENERATING, Status.MERGING, Status.UPLOADING,
-                                  Status.COMPLETED, Status.FAILED, Status.PENDING}),
-    Status.MERGING: frozenset({Status.UPLOADING, Status.COMPLETED, Status.FAILED,
+    Status.GENERATING: frozenset({Status.GENERATING, Status.MERGING, Status.FAILED,
+                                  Status.PENDING}),
+    Status.MERGING: frozenset({Status.MERGING, Status.UPLOADING, Status.FAILED,
                                Status.PENDING}),
-    Status.UPLOADING: frozenset({Status.COMPLETED, Status.FAILED, Status.PENDING}),
+    Status.UPLOADING: frozenset({Status.UPLOADING, Status.COMPLETED, Status.FAILED,
+                                 Status.PENDING}),
     Status.COMPLETED: frozenset(),
     Status.FAILED: frozenset(),
 }

@@ -86,14 +86,18 @@ WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'generati
 RETURNING task_id;
 
 -- set_stage --
--- Move a leased task to merging or uploading.
+-- Move a leased task on to merging (after its parts) or uploading (after merging). The
+-- stage it is already in matches too, so a retried statement finds its own change.
 UPDATE video_generation_tasks
 SET status = %(status)s,
     progress = %(progress)s,
     lease_expires_at = now() + make_interval(secs => %(lease_s)s),
     updated_at = now()
 WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
-  AND status IN ('generating', 'merging', 'uploading')
+  AND status = ANY(CASE %(status)s
+                   WHEN 'merging' THEN ARRAY['generating', 'merging']
+                   WHEN 'uploading' THEN ARRAY['merging', 'uploading']
+                   END)
 RETURNING task_id;
 
 -- complete_task --
@@ -101,8 +105,7 @@ UPDATE video_generation_tasks
 SET status = 'completed', progress = 100, current_part = total_parts, video_url = %(video_url)s,
     error_message = NULL, worker_id = NULL, lease_expires_at = NULL,
     finished_at = now(), updated_at = now()
-WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
-  AND status IN ('generating', 'merging', 'uploading')
+WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'uploading'
 RETURNING task_id;
 
 -- fail_task --
