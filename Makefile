@@ -29,7 +29,6 @@ doctor: bootstrap
 	@$(PY) -m service doctor
 
 bench: bootstrap
-	@WITH_BENCH_TOOLS=1 bash ops/bootstrap.sh
 	@$(PY) -m bench $(BENCH_ARGS)
 
 clean: down
