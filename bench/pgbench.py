@@ -1,10 +1,11 @@
 """The database's own ceiling: pgbench running the service's statements through PgBouncer.
 
-The scripts are made from service/sql/queries.sql, so they are the statements the API
-runs: `get_progress` (SELECT of one task by key) and `create_task` (the idempotent
-INSERT). pgbench runs them with the extended protocol and unnamed statements
-(`-M extended`), as psycopg does with prepare_threshold=None. Task ids are computed in
-SQL from pgbench's random numbers (md5 of a number, as the seeded rows are made).
+The scripts are made from service/sql/queries.sql: `get_progress` (SELECT of one task by
+key: what one poll costs the database on its own; the API coalesces concurrent polls into
+`get_progress_many`) and `create_task` (the idempotent INSERT the API runs). pgbench runs
+them with the extended protocol and unnamed statements (`-M extended`), as psycopg does
+with prepare_threshold=None. Task ids are computed in SQL from pgbench's random numbers
+(md5 of a number, as the seeded rows are made).
 """
 
 from __future__ import annotations

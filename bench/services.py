@@ -22,7 +22,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ops.stack import Stack, free_port, port_open
-from service.settings import PROJECT_DIR, Settings
+from service.settings import PROJECT_DIR
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -75,20 +75,9 @@ def make_stack(root: Path, *, pool_size: int, pgbouncer_env: dict[str, str],
     (PostgreSQL's data stays under root, on disk).
     """
     files = files_dir or root
-    settings = Settings(
-        postgres_port=free_port(),
-        pgbouncer_port=free_port(),
-        api_port=free_port(),
-        public_base_url="http://127.0.0.1:0",
-        media_dir=files / "media",
-        work_dir=files / "work",
-    )
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PGBOUNCER_", "DATABASE_", "POSTGRES_", "API_",
-                                  "METRICS_", "WORKER_", "APP_POOL_"))}
-    env["PGBOUNCER_DEFAULT_POOL_SIZE"] = str(pool_size)
-    env.update(pgbouncer_env)
-    return Stack(root=root, settings=settings, env=env)
+    return Stack.on_free_ports(
+        root, pgbouncer_env={"PGBOUNCER_DEFAULT_POOL_SIZE": str(pool_size), **pgbouncer_env},
+        media_dir=files / "media", work_dir=files / "work")
 
 
 def pgbouncer_pool_settings(stack: Stack) -> dict[str, int]:

@@ -38,6 +38,9 @@ from service import migrate
 from service.settings import PROJECT_DIR, Settings
 
 SUPERUSER = "postgres"
+# Environment variables that configure a stack or the app, dropped for private stacks.
+_STACK_ENV_PREFIXES = ("PGBOUNCER_", "DATABASE_", "POSTGRES_", "API_", "METRICS_",
+                       "WORKER_", "APP_POOL_")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
@@ -126,6 +129,26 @@ class Stack:
     settings: Settings
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     python: str = sys.executable
+
+    @classmethod
+    def on_free_ports(cls, root: Path, *, pgbouncer_env: Mapping[str, str],
+                      **settings: object) -> Stack:
+        """A private stack under root on free ports, for tests and benchmarks.
+
+        The caller's own stack and app settings (a developer's .env, a running `make up`)
+        must not leak in, so they are dropped from the environment it passes on.
+        """
+        values: dict[str, object] = {
+            "postgres_port": free_port(), "pgbouncer_port": free_port(),
+            "api_port": free_port(), "metrics_port": free_port(),
+            "worker_metrics_port": free_port(), "public_base_url": "http://127.0.0.1:0",
+            "media_dir": root / "media", "work_dir": root / "work",
+        }
+        values.update(settings)
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(_STACK_ENV_PREFIXES)}
+        env.update(pgbouncer_env)
+        return cls(root=root, settings=Settings(**values), env=env)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()

@@ -7,7 +7,6 @@ stops them (and every process a test started) at the end.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -32,28 +31,18 @@ TEST_POOL_SIZE = 6
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="video-tasks-test-", dir="/tmp"))
-    settings = Settings(
-        postgres_port=free_port(),
-        pgbouncer_port=free_port(),
-        api_port=free_port(),
-        metrics_port=free_port(),
-        worker_metrics_port=free_port(),
-        public_base_url="http://127.0.0.1:0",
-        media_dir=root / "media",
-        work_dir=root / "work",
+    stack = Stack.on_free_ports(
+        root,
+        pgbouncer_env={"PGBOUNCER_DEFAULT_POOL_SIZE": str(TEST_POOL_SIZE),
+                       "PGBOUNCER_MAX_DB_CONNECTIONS": str(TEST_POOL_SIZE + 4),
+                       "PGBOUNCER_RESERVE_POOL_SIZE": "0",
+                       "PGBOUNCER_MAX_CLIENT_CONN": "400"},
         lease_s=6.0,
         heartbeat_interval_s=1.0,
         worker_poll_interval_s=0.2,
         retry_base_delay_s=0.2,
         shutdown_grace_s=10.0,
     )
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PGBOUNCER_", "DATABASE_", "POSTGRES_"))}
-    env.update(PGBOUNCER_DEFAULT_POOL_SIZE=str(TEST_POOL_SIZE),
-               PGBOUNCER_MAX_DB_CONNECTIONS=str(TEST_POOL_SIZE + 4),
-               PGBOUNCER_RESERVE_POOL_SIZE="0",
-               PGBOUNCER_MAX_CLIENT_CONN="400")
-    stack = Stack(root=root, settings=settings, env=env)
     try:
         stack.up(app=False, log=lambda _msg: None)
         yield stack
