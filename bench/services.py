@@ -101,7 +101,7 @@ def reset_tasks(stack: Stack) -> None:
     PgBouncer's server connections: idle ones would linger (server_idle_timeout) and be
     counted against the next mode."""
     with superuser_connect(stack) as conn:
-        conn.execute("TRUNCATE video_generation_tasks")
+        conn.execute("TRUNCATE video_generation_tasks CASCADE")
         conn.execute("VACUUM ANALYZE video_generation_tasks")
     db = conninfo_to_dict(stack.settings.database_url)["dbname"]
     with psycopg.connect(stack.settings.pgbouncer_admin_url, autocommit=True,

@@ -40,7 +40,7 @@ from service.settings import PROJECT_DIR, Settings
 SUPERUSER = "postgres"
 # Environment variables that configure a stack or the app, dropped for private stacks.
 _STACK_ENV_PREFIXES = ("PGBOUNCER_", "DATABASE_", "POSTGRES_", "API_", "METRICS_",
-                       "WORKER_", "APP_POOL_")
+                       "WORKER_", "APP_POOL_", "VIDEO_", "ARK_", "STORAGE_", "S3_", "AWS_")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 

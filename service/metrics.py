@@ -182,6 +182,20 @@ def worker_collector(worker: Any) -> Collect:
                                   "Tasks this worker completed", value=worker.completed)
         yield CounterMetricFamily("video_tasks_worker_tasks_failed",
                                   "Tasks this worker failed for good", value=worker.failed)
+        yield CounterMetricFamily("video_tasks_worker_clip_creates",
+                                  "Remote clip tasks this worker created (each one billed)",
+                                  value=worker.clip_creates)
+        yield CounterMetricFamily(
+            "video_tasks_worker_possible_duplicate_creates",
+            "Creates of a part whose earlier create answer was never recorded (a crash or a "
+            "lost answer): the provider may have run, and billed, one extra task",
+            value=worker.possible_duplicate_creates)
+        yield CounterMetricFamily("video_tasks_worker_parts_reused",
+                                  "Parts taken from the ledger instead of made again",
+                                  value=worker.parts_reused)
+        yield CounterMetricFamily("video_tasks_worker_clip_usage_tokens",
+                                  "Provider usage (Ark completion tokens) of the clips this "
+                                  "worker stored", value=worker.usage_tokens)
 
     return collect
 

@@ -26,6 +26,14 @@ LOCAL_APP_USER = "app:app-local-password"
 LOCAL_ADMIN_USER = "pgbouncer_admin:admin-local-password"
 
 
+# Shown as *** by describe(); URLs with passwords are redacted instead.
+SECRET_FIELDS = frozenset({"metrics_token", "ark_api_key", "aws_access_key_id",
+                           "aws_secret_access_key"})
+VIDEO_PROVIDERS = ("ffmpeg", "ark", "simulated")
+STORAGE_BACKENDS = ("local", "s3")
+S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
 @dataclass(frozen=True)
 class Settings:
     # Ports of the local stack; the three URLs below are derived from them when unset.
@@ -76,7 +84,8 @@ class Settings:
     part_seconds: int = 5
     text_max_chars: int = 100
 
-    # "ffmpeg" renders real clips; "simulated" waits simulated_part_s per part (benchmarks).
+    # "ffmpeg" renders clips locally; "ark" asks Volcengine Ark (Seedance) for AI clips;
+    # "simulated" waits simulated_part_s per part (benchmarks and fault tests).
     video_provider: str = "ffmpeg"
     simulated_part_s: float = 2.0
     # Fault injection for tests and benchmarks, simulated provider only (see
@@ -90,6 +99,40 @@ class Settings:
     video_fps: int = 25
     # Empty: the first CJK font found among the usual system paths.
     video_font_file: str = ""
+    # Provider "ark": Volcengine Ark's content-generation (video) task API.
+    ark_base_url: str = "https://ark.cn-beijing.volces.com/api/v3"
+    ark_api_key: str = field(default="", repr=False)
+    ark_model: str = "doubao-seedance-1-0-pro-250528"
+    ark_resolution: str = "720p"
+    ark_ratio: str = "9:16"
+    # A part's remote task must succeed within this long, or the attempt is retried.
+    ark_part_deadline_s: float = 900.0
+    # First wait between polls of a remote task; it grows to 4x with backoff.
+    ark_poll_interval_s: float = 5.0
+    # Remote tasks one worker has in flight at once (Ark limits concurrency per account).
+    ark_max_in_flight: int = 4
+    # One HTTP request to Ark (create, poll, clip download) gives up after this long.
+    ark_request_timeout_s: float = 60.0
+
+    # "local": MEDIA_DIR, served by the API under /media/; "s3": an S3-compatible bucket.
+    storage_backend: str = "local"
+    # Empty for AWS; e.g. https://cos.ap-shanghai.myqcloud.com for Tencent COS.
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_bucket: str = ""
+    # Prepended to every object key, e.g. "video-tasks/".
+    s3_prefix: str = ""
+    # A CDN in front of the bucket; empty: progress hands out presigned GET URLs.
+    s3_public_base_url: str = ""
+    s3_presign_ttl_s: int = 3600
+    # "path", "virtual" or "auto" (Tencent COS needs "virtual").
+    s3_addressing_style: str = "auto"
+    # Objects larger than this are uploaded in parts of this size.
+    s3_multipart_threshold_bytes: int = 8 * 1024 * 1024
+    # The standard variables; empty: botocore's own chain (instance role, ~/.aws).
+    aws_access_key_id: str = field(default="", repr=False)
+    aws_secret_access_key: str = field(default="", repr=False)
+
     media_dir: Path = PROJECT_DIR / ".stack" / "media"
     # Where parts are rendered before merging; must be shared by the workers of one host.
     work_dir: Path = PROJECT_DIR / ".stack" / "work"
@@ -153,7 +196,7 @@ class Settings:
         shown = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "metrics_token":
+            if f.name in SECRET_FIELDS:
                 value = "***" if value else ""
             shown[f.name] = redact_url(str(value))
         return shown
@@ -210,8 +253,29 @@ def _validate(s: Settings) -> list[str]:
         problems.append("DURATION_MAX_S must not be below DURATION_MIN_S")
     if s.heartbeat_interval_s * 2 > s.lease_s:
         problems.append("HEARTBEAT_INTERVAL_S must be at most half of LEASE_S")
-    if s.video_provider not in {"ffmpeg", "simulated"}:
-        problems.append("VIDEO_PROVIDER must be 'ffmpeg' or 'simulated'")
+    if s.video_provider not in VIDEO_PROVIDERS:
+        problems.append(f"VIDEO_PROVIDER must be one of {', '.join(VIDEO_PROVIDERS)}")
+    if s.video_provider == "ark":
+        for name in ("ark_base_url", "ark_api_key", "ark_model"):
+            if not getattr(s, name):
+                problems.append(f"{name.upper()} must be set when VIDEO_PROVIDER=ark")
+    for name in ("ark_part_deadline_s", "ark_poll_interval_s", "ark_request_timeout_s"):
+        if getattr(s, name) <= 0:
+            problems.append(f"{name.upper()} must be positive")
+    if s.ark_max_in_flight < 1:
+        problems.append("ARK_MAX_IN_FLIGHT must be at least 1")
+    if s.storage_backend not in STORAGE_BACKENDS:
+        problems.append(f"STORAGE_BACKEND must be one of {', '.join(STORAGE_BACKENDS)}")
+    if s.storage_backend == "s3" and not s.s3_bucket:
+        problems.append("S3_BUCKET must be set when STORAGE_BACKEND=s3")
+    if s.s3_addressing_style not in S3_ADDRESSING_STYLES:
+        problems.append(f"S3_ADDRESSING_STYLE must be one of {', '.join(S3_ADDRESSING_STYLES)}")
+    # SigV4 presigned URLs live at most 7 days.
+    if not 1 <= s.s3_presign_ttl_s <= 604800:
+        problems.append("S3_PRESIGN_TTL_S must be between 1 and 604800")
+    # S3 parts other than the last must be at least 5 MiB.
+    if s.s3_multipart_threshold_bytes < 5 * 1024 * 1024:
+        problems.append("S3_MULTIPART_THRESHOLD_BYTES must be at least 5242880 (5 MiB)")
     if s.video_width % 2 or s.video_height % 2:
         problems.append("VIDEO_WIDTH and VIDEO_HEIGHT must be even (H.264 4:2:0)")
     return problems

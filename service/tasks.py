@@ -1,7 +1,8 @@
 """Video-generation tasks: the status vocabulary and every operation on the tasks table.
 
 Each function is one short statement through the pool (see service.db); a state change
-is guarded in its WHERE by the worker's lease, so a stale worker changes nothing.
+is guarded in its WHERE by the claim's token and a live lease, so a stale run (a worker
+that froze, or lost the database for longer than the lease) changes nothing.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def part_lengths(duration_s: int, part_seconds: int) -> list[int]:
 
 
 def progress_after_parts(done: int, total: int) -> int:
+    """The progress bar once `done` of `total` parts are stored."""
     return GENERATED_PROGRESS * done // total
 
 
@@ -99,6 +101,8 @@ class CreatedTask:
 @dataclass(frozen=True)
 class ClaimedTask:
     task_id: uuid.UUID
+    # Set by this claim; every later statement about the task presents it.
+    claim_token: uuid.UUID
     product_name: str
     theme: str
     duration: int
@@ -135,67 +139,69 @@ async def get_state(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, 
     return await db.fetch_one(pool, "get_task_state", {"task_id": task_id})
 
 
-async def claim(pool: AsyncConnectionPool, *, worker_id: str, limit: int,
-                lease_s: float) -> list[ClaimedTask]:
-    rows = await db.fetch_all(pool, "claim_tasks",
-                              {"worker_id": worker_id, "limit": limit, "lease_s": lease_s})
+async def claim(pool: AsyncConnectionPool, *, worker_id: str, limit: int, lease_s: float,
+                running: list[uuid.UUID]) -> list[ClaimedTask]:
+    """Lease up to `limit` tasks, none of those in `running` (this worker's own runs)."""
+    rows = await db.fetch_all(pool, "claim_tasks", {
+        "worker_id": worker_id, "limit": limit, "lease_s": lease_s, "running": running})
     return [ClaimedTask(**row) for row in rows]
 
 
-async def heartbeat(pool: AsyncConnectionPool, *, worker_id: str, task_ids: list[uuid.UUID],
+async def heartbeat(pool: AsyncConnectionPool, *, claim_tokens: list[uuid.UUID],
                     lease_s: float) -> set[uuid.UUID]:
-    """Extend the leases; returns the ids this worker still holds."""
+    """Extend the live leases; returns the claim tokens that still own their task."""
     rows = await db.fetch_all(pool, "heartbeat_tasks",
-                              {"worker_id": worker_id, "task_ids": task_ids, "lease_s": lease_s})
-    return {row["task_id"] for row in rows}
+                              {"claim_tokens": claim_tokens, "lease_s": lease_s})
+    return {row["claim_token"] for row in rows}
 
 
-async def finish_part(pool: AsyncConnectionPool, *, task_id: uuid.UUID, worker_id: str,
-                      part: int, total_parts: int, lease_s: float) -> bool:
-    row = await db.fetch_one(pool, "finish_part", {
-        "task_id": task_id, "worker_id": worker_id, "part": part,
-        "progress": progress_after_parts(part, total_parts), "lease_s": lease_s})
-    return row is not None
-
-
-async def set_stage(pool: AsyncConnectionPool, *, task_id: uuid.UUID, worker_id: str,
+async def set_stage(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token: uuid.UUID,
                     status: Status, lease_s: float) -> bool:
     progress = {Status.MERGING: MERGING_PROGRESS, Status.UPLOADING: UPLOADING_PROGRESS}[status]
     row = await db.fetch_one(pool, "set_stage", {
-        "task_id": task_id, "worker_id": worker_id, "status": status.value,
+        "task_id": task_id, "claim_token": claim_token, "status": status.value,
         "progress": progress, "lease_s": lease_s})
     return row is not None
 
 
-async def complete(pool: AsyncConnectionPool, *, task_id: uuid.UUID, worker_id: str,
-                   video_url: str) -> bool:
-    row = await db.fetch_one(pool, "complete_task",
-                             {"task_id": task_id, "worker_id": worker_id, "video_url": video_url})
+async def complete(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token: uuid.UUID,
+                   video_url: str, video_key: str) -> bool:
+    row = await db.fetch_one(pool, "complete_task", {
+        "task_id": task_id, "claim_token": claim_token, "video_url": video_url,
+        "video_key": video_key})
     return row is not None
 
 
-async def fail(pool: AsyncConnectionPool, *, task_id: uuid.UUID, worker_id: str,
+async def fail(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token: uuid.UUID,
                error_message: str) -> bool:
     row = await db.fetch_one(pool, "fail_task", {
-        "task_id": task_id, "worker_id": worker_id, "error_message": error_message})
+        "task_id": task_id, "claim_token": claim_token, "error_message": error_message})
     return row is not None
 
 
-async def retry_later(pool: AsyncConnectionPool, *, task_id: uuid.UUID, worker_id: str,
-                      error_message: str, delay_s: float) -> bool:
+async def retry_later(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
+                      claim_token: uuid.UUID, error_message: str, delay_s: float) -> bool:
     row = await db.fetch_one(pool, "retry_task", {
-        "task_id": task_id, "worker_id": worker_id, "error_message": error_message,
+        "task_id": task_id, "claim_token": claim_token, "error_message": error_message,
         "delay_s": delay_s})
     return row is not None
 
 
-async def release(pool: AsyncConnectionPool, *, task_id: uuid.UUID, worker_id: str) -> bool:
-    row = await db.fetch_one(pool, "release_task", {"task_id": task_id, "worker_id": worker_id})
+async def release(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
+                  claim_token: uuid.UUID) -> bool:
+    row = await db.fetch_one(pool, "release_task",
+                             {"task_id": task_id, "claim_token": claim_token})
     return row is not None
 
 
-async def rescue_expired(pool: AsyncConnectionPool, *, max_attempts: int) -> list[dict[str, Any]]:
-    return await db.fetch_all(pool, "rescue_expired_tasks", {"max_attempts": max_attempts})
+# Tasks one rescue statement hands on at most; the rescuer repeats while batches are full.
+RESCUE_BATCH = 100
+
+
+async def rescue_expired(pool: AsyncConnectionPool, *, max_attempts: int,
+                         limit: int = RESCUE_BATCH) -> list[dict[str, Any]]:
+    return await db.fetch_all(pool, "rescue_expired_tasks",
+                              {"max_attempts": max_attempts, "limit": limit})
 
 
 async def count_by_status(pool: AsyncConnectionPool) -> dict[str, int]:

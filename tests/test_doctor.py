@@ -113,8 +113,9 @@ async def test_doctor_finds_a_task_stuck_past_its_lease(settings, direct):
     # (no worker runs in this test, so no rescuer either).
     direct.execute(
         "INSERT INTO video_generation_tasks (task_id, product_name, theme, duration, "
-        "total_parts, status, worker_id, lease_expires_at, attempts, created_at, updated_at) "
-        "VALUES (%s, 'bolt', 'quality', 5, 1, 'generating', 'gone-host:1:dead', "
+        "total_parts, status, worker_id, claim_token, lease_expires_at, attempts, created_at, "
+        "updated_at) VALUES (%s, 'bolt', 'quality', 5, 1, 'generating', 'gone-host:1:dead', "
+        "gen_random_uuid(), "
         "now() - interval '1 minute', 1, now() - interval '15 minutes', "
         "now() - interval '2 minutes')", [task_id])
     try:

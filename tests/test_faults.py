@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import random
 import re
 import signal
@@ -80,7 +81,7 @@ def renders(render_log: Path) -> dict[str, list[tuple[int, int]]]:
     found: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
     if render_log.exists():
         for line in render_log.read_text().splitlines():
-            task_id, part, pid = line.split()
+            task_id, part, pid = line.split()[:3]
             found[task_id].append((int(part), int(pid)))
     return found
 
@@ -145,9 +146,14 @@ def assert_completed_once(direct: psycopg.Connection, settings: Settings,
     for task_id in task_ids:
         assert f"{task_id}.mp4" in names
         assert [n for n in names if task_id in n] == [f"{task_id}.mp4"]
-        # The work directory (parts, merged file, temp files) is gone.
-        assert not (settings.work_dir / task_id).exists()
+        # The runs' work directories (parts, merged file, temp files) are gone.
+        assert not work_left(settings, task_id)
     assert not [n for n in names if n.endswith(".tmp")], names
+
+
+def work_left(settings: Settings, task_id: str) -> list[str]:
+    """What runs of the task left in the work directory (one directory per claim)."""
+    return [p.name for p in settings.work_dir.glob(f"{task_id}*")]
 
 
 def pids(parts: list[tuple[int, int]], pid: int) -> list[int]:
@@ -402,12 +408,73 @@ async def test_a_frozen_worker_loses_its_lease_and_cannot_finish_the_task(
         frozen.signal(signal.SIGCONT)
     # Thawed, the first worker finds its lease gone and drops the task.
     deadline = time.monotonic() + 20
-    while "lease lost" not in frozen.log():
+    while "claim lost" not in frozen.log():
         assert time.monotonic() < deadline, frozen.log()[-3000:]
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.5)  # time for it to do damage, if it could
     assert_completed_once(direct, settings, [task_id], [frozen, second])
     assert rows(direct, [task_id])[task_id]["attempts"] == 2
+
+
+def render_spans(render_log: Path, task_id: str) -> list[tuple[int, float, float]]:
+    """(part, started, ended) of every render of the task, in start order."""
+    spans = []
+    for line in render_log.read_text().splitlines():
+        tid, part, _pid, started, ended = line.split()
+        if tid == task_id:
+            spans.append((int(part), float(started), float(ended)))
+    return sorted(spans, key=lambda span: span[1])
+
+
+async def test_an_outage_longer_than_the_lease_runs_the_task_once_and_parts_never_go_back(
+        processes, http, stack, direct, settings, render_log, healthy_stack):
+    """The database is away longer than LEASE_S mid-task, for one worker alone. Its own
+    rescuer hands the task back and its claim loop takes it again: the old run must stop
+    (its claim token is dead), never run beside the new one, and never move current_part
+    back."""
+    api = processes.start_api()
+    # Parts long enough that the old run is still mid-part when the database is back.
+    worker = processes.start_worker(**simulated(render_log, part_s=3.0))
+    task_id = (await create_task(http, api.url, {**SEED_REQUEST, "duration": 25}))["task_id"]
+    await wait_rows(direct, [task_id], lambda r: r["current_part"] >= 1, 60, "one part in")
+
+    seen: list[int] = []
+    sampling = True
+
+    async def sample_parts() -> None:
+        # Straight to PostgreSQL, so the samples go on while PgBouncer is away.
+        while sampling:
+            seen.append(rows(direct, [task_id])[task_id]["current_part"])
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample_parts())
+    try:
+        stack.stop_pgbouncer(log=lambda _msg: None, sig=signal.SIGQUIT)
+        await asyncio.sleep(settings.lease_s + 3)
+        stack.start_pgbouncer(log=lambda _msg: None)
+        await wait_rows(direct, [task_id], lambda r: r["status"] in TERMINAL, 90, "finished")
+    finally:
+        sampling = False
+        await sampler
+    row = rows(direct, [task_id])[task_id]
+    assert row["status"] == "completed", row
+    # The lease ran out while the database was away: a second claim finished the task.
+    assert row["attempts"] >= 2, row
+    assert "claim lost" in worker.log()
+    assert seen == sorted(seen), f"current_part went back: {seen}"
+    # Never two runs of the task at once: no render starts before the previous one ended.
+    spans = render_spans(render_log, task_id)
+    for (part_a, _, ended), (part_b, started, _) in itertools.pairwise(spans):
+        assert started >= ended - 0.01, f"part {part_b} started while {part_a} rendered"
+    # The one video holds each part exactly once, in order (the simulated merge joins the
+    # parts' bytes), and the ledger stored each part once.
+    video = (settings.media_dir / "videos" / f"{task_id}.mp4").read_text()
+    total = row["total_parts"]
+    assert video.splitlines() == [f"simulated part {i}/{total} of {task_id}"
+                                  for i in range(1, total + 1)]
+    stored = direct.execute("SELECT part_index FROM video_task_parts WHERE task_id = %s "
+                            "AND state = 'stored' ORDER BY part_index", [task_id]).fetchall()
+    assert [r[0] for r in stored] == list(range(total))
 
 
 async def test_sigterm_hands_the_task_back_and_another_worker_finishes_it(
@@ -535,7 +602,7 @@ async def test_a_provider_that_always_fails_fails_the_task_after_max_attempts(
     assert progress["status"] == "failed"
     assert progress["error_message"] == row["error_message"]
     assert not (settings.media_dir / "videos" / f"{task_id}.mp4").exists()
-    assert not (settings.work_dir / task_id).exists()
+    assert not work_left(settings, task_id)
     assert worker.log().count(f"task {task_id}: failed for good") == 1
 
 

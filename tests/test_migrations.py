@@ -82,7 +82,7 @@ def test_claim_uses_the_partial_index(direct):
         direct.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(row[0] for row in direct.execute(
             "EXPLAIN " + queries.get("claim_tasks"),
-            {"worker_id": "w", "limit": 4, "lease_s": 30}))
+            {"worker_id": "w", "limit": 4, "lease_s": 30, "running": []}))
     assert "video_generation_tasks_claim_idx" in plan, plan
 
 

@@ -52,12 +52,23 @@ def test_inconsistent_values_are_rejected():
         assert fragment in message
 
 
+def test_production_backends_name_what_they_lack():
+    with pytest.raises(errors.ConfigError) as caught:
+        Settings(video_provider="ark", ark_api_key="", storage_backend="s3", s3_bucket="",
+                 s3_addressing_style="sideways", s3_presign_ttl_s=10**7)
+    message = str(caught.value)
+    for fragment in ("ARK_API_KEY", "S3_BUCKET", "S3_ADDRESSING_STYLE", "S3_PRESIGN_TTL_S"):
+        assert fragment in message
+    # The defaults need no keys at all.
+    assert Settings().video_provider == "ffmpeg" and Settings().storage_backend == "local"
+
+
 def test_passwords_never_show_in_repr_or_description():
     s = Settings(database_url="postgresql://app:s3cret@db:6432/videotasks",
-                 metrics_token="tok3n")
-    assert "s3cret" not in repr(s)
-    assert "tok3n" not in repr(s)
+                 metrics_token="tok3n", ark_api_key="ark-k3y",
+                 aws_secret_access_key="aws-s3cret")
     described = s.describe()
-    assert "s3cret" not in str(described)
-    assert "tok3n" not in str(described)
+    for secret in ("s3cret", "tok3n", "ark-k3y", "aws-s3cret"):
+        assert secret not in repr(s)
+        assert secret not in str(described)
     assert redact_url("postgresql://a:b@h/d") == "postgresql://a:***@h/d"

@@ -11,34 +11,59 @@ from service import queries, tasks
 from service.tasks import Status
 
 WORKER = "worker-under-test"
+# The claim under test; rows "owned by another claim" carry a different token.
+TOKEN = uuid.UUID("00000000-0000-4000-8000-000000000001")
+OTHER_TOKEN = uuid.UUID("00000000-0000-4000-8000-000000000002")
+PART = {"claim_token": TOKEN, "part_index": 0, "provider": "ark"}
 
 # Each state-changing statement with parameters a worker would send.
 STATEMENTS = {
-    "claim_tasks": {"worker_id": WORKER, "limit": 100, "lease_s": 30},
-    "finish_part": {"worker_id": WORKER, "part": 1, "progress": 40, "lease_s": 30},
-    "set_stage/merging": {"worker_id": WORKER, "status": "merging", "progress": 85,
+    "claim_tasks": {"worker_id": WORKER, "limit": 100, "lease_s": 30, "running": []},
+    "heartbeat_tasks": {"claim_tokens": [TOKEN], "lease_s": 30},
+    "set_stage/merging": {"claim_token": TOKEN, "status": "merging", "progress": 85,
                           "lease_s": 30},
-    "set_stage/uploading": {"worker_id": WORKER, "status": "uploading", "progress": 95,
+    "set_stage/uploading": {"claim_token": TOKEN, "status": "uploading", "progress": 95,
                             "lease_s": 30},
-    "complete_task": {"worker_id": WORKER, "video_url": "http://x/v.mp4"},
-    "fail_task": {"worker_id": WORKER, "error_message": "no"},
-    "retry_task": {"worker_id": WORKER, "error_message": "again", "delay_s": 0},
-    "release_task": {"worker_id": WORKER},
-    "rescue_expired_tasks": {"max_attempts": 3},
+    "complete_task": {"claim_token": TOKEN, "video_url": "http://x/v.mp4",
+                      "video_key": "videos/v.mp4"},
+    "fail_task": {"claim_token": TOKEN, "error_message": "no"},
+    "retry_task": {"claim_token": TOKEN, "error_message": "again", "delay_s": 0},
+    "release_task": {"claim_token": TOKEN},
+    "rescue_expired_tasks": {"max_attempts": 3, "limit": 100},
+    "record_part_intent": PART,
+    "record_part_stored": {**PART, "remote_task_id": "cgt-1", "object_key": "parts/p0.mp4",
+                           "usage_tokens": 10, "parts_done": 1, "progress": 40,
+                           "lease_s": 30},
+}
+# The status each statement leaves a task in, from each status it changes.
+EXPECTED = {
+    "claim_tasks": {Status.PENDING: Status.GENERATING},
+    "set_stage/merging": {Status.GENERATING: Status.MERGING, Status.MERGING: Status.MERGING},
+    "set_stage/uploading": {Status.MERGING: Status.UPLOADING,
+                            Status.UPLOADING: Status.UPLOADING},
+    "complete_task": {Status.UPLOADING: Status.COMPLETED},
+    "fail_task": dict.fromkeys(tasks.RUNNING, Status.FAILED),
+    "retry_task": dict.fromkeys(tasks.RUNNING, Status.PENDING),
+    "release_task": dict.fromkeys(tasks.RUNNING, Status.PENDING),
+    # The rows under test have an expired lease and attempts left.
+    "rescue_expired_tasks": dict.fromkeys(tasks.RUNNING, Status.PENDING),
 }
 
 
-def insert(direct, status: Status, *, worker_id: str = WORKER, attempts: int = 1) -> uuid.UUID:
+def insert(direct, status: Status, *, token: uuid.UUID = TOKEN, attempts: int = 1,
+           lease: str = "1 minute") -> uuid.UUID:
+    """A task in `status`; a running one is claimed by `token` with a lease `lease` from
+    now (negative: expired)."""
     task_id = uuid.uuid4()
     running = status in tasks.RUNNING
     direct.execute(
         "INSERT INTO video_generation_tasks (task_id, product_name, theme, duration, "
-        "total_parts, status, worker_id, lease_expires_at, video_url, error_message, "
-        "attempts, run_after) VALUES (%s, 'p', 't', 10, 2, %s, %s, "
-        "CASE WHEN %s THEN now() - interval '1 minute' END, %s, %s, %s, "
+        "total_parts, status, worker_id, claim_token, lease_expires_at, video_url, "
+        "error_message, attempts, run_after) VALUES (%s, 'p', 't', 10, 2, %s, %s, %s, "
+        "CASE WHEN %s THEN now() + %s::interval END, %s, %s, %s, "
         "now() - interval '1 minute')",
-        [task_id, status.value, worker_id if running else None, running,
-         "http://x/old.mp4" if status is Status.COMPLETED else None,
+        [task_id, status.value, WORKER if running else None, token if running else None,
+         running, lease, "http://x/old.mp4" if status is Status.COMPLETED else None,
          "old" if status is Status.FAILED else None, attempts])
     return task_id
 
@@ -50,37 +75,71 @@ def status_of(direct, task_id: uuid.UUID) -> Status:
 
 @pytest.mark.parametrize("statement", list(STATEMENTS))
 @pytest.mark.parametrize("start", list(Status))
-def test_statements_make_only_allowed_moves(direct, statement, start):
+def test_statements_make_exactly_the_expected_moves(direct, statement, start):
     name = statement.split("/")[0]
+    # Rescue acts on expired leases; every other statement on a live one.
+    lease = "-1 minute" if name == "rescue_expired_tasks" else "1 minute"
     with direct.transaction(force_rollback=True):
         # Alone in the queue, so claim and rescue see only this task.
         direct.execute("DELETE FROM video_generation_tasks")
-        task_id = insert(direct, start)
+        task_id = insert(direct, start, lease=lease)
         direct.execute(queries.get(name), {"task_id": task_id, **STATEMENTS[statement]})
         end = status_of(direct, task_id)
+    expected = EXPECTED.get(statement, {}).get(start, start)
+    assert end == expected, f"{name}: {start} -> {end}, expected {expected}"
     assert end == start or tasks.can_move(start, end), f"{name}: {start} -> {end}"
 
 
-@pytest.mark.parametrize("statement", [s for s in STATEMENTS
-                                       if s not in {"claim_tasks", "rescue_expired_tasks"}])
+GUARDED = [s for s in STATEMENTS if s not in {"claim_tasks", "rescue_expired_tasks"}]
+
+
+def snapshot(direct, task_id: uuid.UUID) -> tuple:
+    task = direct.execute("SELECT * FROM video_generation_tasks WHERE task_id = %s",
+                          [task_id]).fetchone()
+    task_parts = direct.execute("SELECT * FROM video_task_parts WHERE task_id = %s",
+                                [task_id]).fetchall()
+    return task, task_parts
+
+
+@pytest.mark.parametrize("statement", GUARDED)
 @pytest.mark.parametrize("start", sorted(tasks.RUNNING))
-def test_a_worker_without_the_lease_changes_nothing(direct, statement, start):
+def test_another_claim_changes_nothing(direct, statement, start):
     name = statement.split("/")[0]
     with direct.transaction(force_rollback=True):
-        task_id = insert(direct, start, worker_id="another-worker")
-        before = direct.execute("SELECT * FROM video_generation_tasks WHERE task_id = %s",
-                                [task_id]).fetchone()
+        task_id = insert(direct, start, token=OTHER_TOKEN)
+        before = snapshot(direct, task_id)
         cur = direct.execute(queries.get(name), {"task_id": task_id, **STATEMENTS[statement]})
         assert cur.fetchall() == []
-        after = direct.execute("SELECT * FROM video_generation_tasks WHERE task_id = %s",
-                               [task_id]).fetchone()
-    assert after == before
+        assert snapshot(direct, task_id) == before
 
 
-def test_terminal_states_are_final():
-    assert tasks.TRANSITIONS[Status.COMPLETED] == frozenset()
-    assert tasks.TRANSITIONS[Status.FAILED] == frozenset()
-    # Every non-terminal status can still reach a terminal one.
+@pytest.mark.parametrize("statement", GUARDED)
+@pytest.mark.parametrize("start", sorted(tasks.RUNNING))
+def test_an_expired_lease_is_dead_even_for_its_own_claim(direct, statement, start):
+    """The database was away longer than the lease: the claim may already be handed on,
+    so nothing it says counts any more, a heartbeat included."""
+    name = statement.split("/")[0]
+    with direct.transaction(force_rollback=True):
+        task_id = insert(direct, start, lease="-1 second")
+        before = snapshot(direct, task_id)
+        cur = direct.execute(queries.get(name), {"task_id": task_id, **STATEMENTS[statement]})
+        assert cur.fetchall() == []
+        assert snapshot(direct, task_id) == before
+
+
+def test_a_claim_never_takes_a_task_the_worker_still_runs(direct):
+    with direct.transaction(force_rollback=True):
+        direct.execute("DELETE FROM video_generation_tasks")
+        mine, other = insert(direct, Status.PENDING), insert(direct, Status.PENDING)
+        params = {**STATEMENTS["claim_tasks"], "running": [mine]}
+        claimed = direct.execute(queries.get("claim_tasks"), params).fetchall()
+        tokens = direct.execute("SELECT claim_token FROM video_generation_tasks "
+                                "WHERE task_id = %s", [other]).fetchone()
+    assert [row[0] for row in claimed] == [other]
+    assert tokens[0] is not None
+
+
+def test_every_non_terminal_status_can_reach_a_terminal_one():
     for status in set(Status) - tasks.TERMINAL:
         reachable, frontier = set(), {status}
         while frontier:

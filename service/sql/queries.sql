@@ -25,33 +25,36 @@ WHERE (task_id = %(task_id)s OR idempotency_key = %(idempotency_key)s)
 LIMIT 1;
 
 -- get_progress --
-SELECT task_id, status, progress, current_part, total_parts, video_url, error_message,
-       created_at, updated_at
+SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
+       error_message, created_at, updated_at
 FROM video_generation_tasks
 WHERE task_id = %(task_id)s;
 
 -- get_progress_many --
 -- The same row for many tasks at once: the API answers concurrent polls with one statement.
-SELECT task_id, status, progress, current_part, total_parts, video_url, error_message,
-       created_at, updated_at
+SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
+       error_message, created_at, updated_at
 FROM video_generation_tasks
 WHERE task_id = ANY(%(task_ids)s);
 
 -- get_task_state --
 -- What operators and tests see of one task's queue bookkeeping.
-SELECT task_id, status, current_part, total_parts, attempts, worker_id, lease_expires_at,
-       run_after, video_url, error_message
+SELECT task_id, status, current_part, total_parts, attempts, worker_id, claim_token,
+       lease_expires_at, run_after, video_url, video_key, error_message
 FROM video_generation_tasks
 WHERE task_id = %(task_id)s;
 
 -- claim_tasks --
 -- Lease up to %(limit)s runnable pending tasks in one statement. SKIP LOCKED lets many
 -- workers claim at once without waiting on each other's rows; the lock ends at commit,
--- and from then on the lease (worker_id, lease_expires_at) says who owns the task.
+-- and from then on the claim token says who owns the task: every later statement about
+-- it must present the token while the lease is live. Tasks this worker still runs (an
+-- old run that has not yet noticed its lease is gone) are not claimed again.
 WITH claimable AS (
     SELECT task_id
     FROM video_generation_tasks
     WHERE status = 'pending' AND run_after <= now()
+      AND task_id <> ALL(%(running)s::uuid[])
     ORDER BY run_after, created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -59,41 +62,34 @@ WITH claimable AS (
 UPDATE video_generation_tasks AS t
 SET status = 'generating',
     worker_id = %(worker_id)s,
+    claim_token = gen_random_uuid(),
     lease_expires_at = now() + make_interval(secs => %(lease_s)s),
     attempts = t.attempts + 1,
     updated_at = now()
 FROM claimable
 WHERE t.task_id = claimable.task_id
-RETURNING t.task_id, t.product_name, t.theme, t.duration, t.total_parts, t.current_part,
-          t.attempts;
+RETURNING t.task_id, t.claim_token, t.product_name, t.theme, t.duration, t.total_parts,
+          t.current_part, t.attempts;
 
 -- heartbeat_tasks --
--- Extend the leases a worker still holds; the ids missing from the result were lost.
+-- Extend the live leases of these claims; the claims missing from the result are lost.
+-- An expired lease is never renewed: the rescuer may already have handed the task on.
 UPDATE video_generation_tasks
 SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-WHERE task_id = ANY(%(task_ids)s)
-  AND worker_id = %(worker_id)s
+WHERE claim_token = ANY(%(claim_tokens)s::uuid[])
   AND status IN ('generating', 'merging', 'uploading')
-RETURNING task_id;
-
--- finish_part --
-UPDATE video_generation_tasks
-SET current_part = %(part)s,
-    progress = %(progress)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-    updated_at = now()
-WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'generating'
-RETURNING task_id;
+  AND lease_expires_at > now()
+RETURNING claim_token;
 
 -- set_stage --
--- Move a leased task on to merging (after its parts) or uploading (after merging). The
+-- Move a claimed task on to merging (after its parts) or uploading (after merging). The
 -- stage it is already in matches too, so a retried statement finds its own change.
 UPDATE video_generation_tasks
 SET status = %(status)s,
     progress = %(progress)s,
     lease_expires_at = now() + make_interval(secs => %(lease_s)s),
     updated_at = now()
-WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
   AND status = ANY(CASE %(status)s
                    WHEN 'merging' THEN ARRAY['generating', 'merging']
                    WHEN 'uploading' THEN ARRAY['merging', 'uploading']
@@ -103,50 +99,62 @@ RETURNING task_id;
 -- complete_task --
 UPDATE video_generation_tasks
 SET status = 'completed', progress = 100, current_part = total_parts, video_url = %(video_url)s,
-    error_message = NULL, worker_id = NULL, lease_expires_at = NULL,
-    finished_at = now(), updated_at = now()
-WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'uploading'
+    video_key = %(video_key)s, error_message = NULL, worker_id = NULL, claim_token = NULL,
+    lease_expires_at = NULL, finished_at = now(), updated_at = now()
+WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
+  AND status = 'uploading'
 RETURNING task_id;
 
 -- fail_task --
 UPDATE video_generation_tasks
-SET status = 'failed', error_message = %(error_message)s, worker_id = NULL,
+SET status = 'failed', error_message = %(error_message)s, worker_id = NULL, claim_token = NULL,
     lease_expires_at = NULL, finished_at = now(), updated_at = now()
-WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
   AND status IN ('generating', 'merging', 'uploading')
 RETURNING task_id;
 
 -- retry_task --
 -- A transient failure: back to pending, runnable again after the backoff delay.
 UPDATE video_generation_tasks
-SET status = 'pending', error_message = %(error_message)s, worker_id = NULL,
+SET status = 'pending', error_message = %(error_message)s, worker_id = NULL, claim_token = NULL,
     lease_expires_at = NULL, run_after = now() + make_interval(secs => %(delay_s)s),
     updated_at = now()
-WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
   AND status IN ('generating', 'merging', 'uploading')
 RETURNING task_id;
 
 -- release_task --
 -- Graceful shutdown hands a task back at once; the interrupted attempt is not counted.
 UPDATE video_generation_tasks
-SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, run_after = now(),
-    attempts = greatest(attempts - 1, 0), updated_at = now()
-WHERE task_id = %(task_id)s AND worker_id = %(worker_id)s
+SET status = 'pending', worker_id = NULL, claim_token = NULL, lease_expires_at = NULL,
+    run_after = now(), attempts = greatest(attempts - 1, 0), updated_at = now()
+WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
   AND status IN ('generating', 'merging', 'uploading')
 RETURNING task_id;
 
 -- rescue_expired_tasks --
 -- Tasks whose worker died or froze: back to pending, or failed once out of attempts.
-UPDATE video_generation_tasks
-SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
-    error_message = CASE WHEN attempts >= %(max_attempts)s
+-- Bounded batches: a long outage must not become one huge statement.
+WITH expired AS (
+    SELECT task_id
+    FROM video_generation_tasks
+    WHERE status IN ('generating', 'merging', 'uploading') AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE video_generation_tasks AS t
+SET status = CASE WHEN t.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+    error_message = CASE WHEN t.attempts >= %(max_attempts)s
         THEN 'The video could not be generated: the worker stopped responding '
-             || attempts || ' times.'
-        ELSE error_message END,
-    finished_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
-    worker_id = NULL, lease_expires_at = NULL, run_after = now(), updated_at = now()
-WHERE status IN ('generating', 'merging', 'uploading') AND lease_expires_at < now()
-RETURNING task_id, status;
+             || t.attempts || ' times.'
+        ELSE t.error_message END,
+    finished_at = CASE WHEN t.attempts >= %(max_attempts)s THEN now() END,
+    worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, run_after = now(),
+    updated_at = now()
+FROM expired
+WHERE t.task_id = expired.task_id
+RETURNING t.task_id, t.status;
 
 -- count_tasks_by_status --
 SELECT status, count(*) AS tasks FROM video_generation_tasks GROUP BY status;

@@ -46,4 +46,6 @@ async def serve(settings: Settings) -> None:
     finally:
         if metrics_runner is not None:
             await metrics_runner.cleanup()
+        await provider.close()
+        await store.close()
         await pool.close()
