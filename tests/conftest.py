@@ -22,6 +22,8 @@ from ops.stack import Stack, free_port
 from service import db
 from service.api.app import create_app
 from service.settings import Settings
+from tests.fakes.ark import FakeArk, FakeArkThread
+from tests.fakes.s3 import MotoS3, running_moto
 from tests.helpers import ServiceProcesses
 
 # PgBouncer's server pool for the tests: small, so that bounds are visible.
@@ -49,6 +51,20 @@ def stack() -> Iterator[Stack]:
     finally:
         stack.down(log=lambda _msg: None)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fake_ark() -> Iterator[FakeArk]:
+    """A local server speaking Ark's video-task protocol, for worker subprocesses."""
+    with FakeArkThread(api_key="test-ark-key") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """A real S3 server on loopback (moto's server mode)."""
+    with running_moto(bucket="video-tasks-test") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

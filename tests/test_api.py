@@ -62,6 +62,10 @@ async def test_total_parts_is_duration_over_part_length_rounded_up(http, api_url
     ({**SEED_REQUEST, "product_name": 42}, "product_name"),
     ({**SEED_REQUEST, "product_name": "bolt\u0000"}, "product_name"),
     ({**SEED_REQUEST, "product_name": "bolt\u0007"}, "product_name"),
+    # Emoji: the video fonts have no glyphs for them.
+    ({**SEED_REQUEST, "product_name": "螺栓\U0001F529"}, "product_name"),
+    ({**SEED_REQUEST, "theme": "品质\u2764\ufe0f"}, "theme"),
+    ({**SEED_REQUEST, "theme": "👍🏽"}, "theme"),
     ({k: v for k, v in SEED_REQUEST.items() if k != "product_name"}, "product_name"),
     ({**SEED_REQUEST, "theme": None}, "theme"),
     ({**SEED_REQUEST, "theme": ["a"]}, "theme"),

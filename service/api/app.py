@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from service import db, errors, metrics, tasks
+from service import db, errors, metrics, storage, tasks
 from service.api import progress as progress_reads
-from service.api import validation
+from service.api import validation, video_urls
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ POOL_KEY = web.AppKey("pool", AsyncConnectionPool)
 REQUEST_OBSERVERS_KEY = web.AppKey("request_observers", list)
 METRICS_KEY = web.AppKey("metrics", metrics.ServiceMetrics)
 PROGRESS_KEY = web.AppKey("progress_reader", progress_reads.ProgressReader)
+# Set when the storage's URLs expire (presigned S3): completed tasks get a fresh one.
+FRESH_URLS_KEY = web.AppKey("fresh_urls", video_urls.FreshUrls)
 
 JSON = "application/json"
 POOL_OPEN_TIMEOUT_S = 15.0
@@ -153,7 +155,11 @@ async def progress(request: web.Request) -> web.Response:
     row = await request.app[PROGRESS_KEY].get(task_id)
     if row is None:
         raise ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
-    return json_response(tasks.progress_json(row))
+    answer = tasks.progress_json(row)
+    fresh_urls = request.app.get(FRESH_URLS_KEY)
+    if fresh_urls is not None and row["video_key"]:
+        answer["video_url"] = await fresh_urls.url(row["video_key"])
+    return json_response(answer)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -189,15 +195,29 @@ def create_app(settings: Settings) -> web.Application:
     app[REQUEST_OBSERVERS_KEY] = [app[METRICS_KEY].observe_request]
     app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
+    app.cleanup_ctx.append(_storage_ctx)
     app.router.add_post("/api/generate-video", generate_video)
     app.router.add_get("/api/progress/{task_id}", progress)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", public_metrics)
-    settings.media_dir.mkdir(parents=True, exist_ok=True)
-    # Finished videos; in production a CDN or object store serves these instead.
-    app.router.add_static("/media/", settings.media_dir, append_version=False)
+    if settings.storage_backend == "local":
+        # Finished videos only (parts stay private); with S3 the bucket or its CDN
+        # serves them and the API serves no files.
+        videos = settings.media_dir / storage.VIDEOS_DIR
+        videos.mkdir(parents=True, exist_ok=True)
+        app.router.add_static(f"/media/{storage.VIDEOS_DIR}/", videos, append_version=False)
     return app
+
+
+async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With presigned URLs, a storage client of our own to sign fresh ones."""
+    settings = app[SETTINGS_KEY]
+    store = storage.from_settings(settings)
+    if store.urls_expire:
+        app[FRESH_URLS_KEY] = video_urls.FreshUrls(store, ttl_s=settings.s3_presign_ttl_s)
+    yield
+    await store.close()
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:

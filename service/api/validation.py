@@ -14,6 +14,18 @@ from service.settings import Settings
 
 VIDEO_TYPES = frozenset({"video"})
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+# Emoji and pictographs: the video fonts have no glyphs for them (they would render as
+# empty boxes), so they are refused here rather than shown broken on the video. Ranges:
+# pictographs, emoticons, transport, supplemental symbols and flags; miscellaneous
+# symbols and dingbats; variation selectors, the zero-width joiner, keycaps and tags
+# that build emoji sequences.
+EMOJI_RANGES = ((0x1F000, 0x1FAFF), (0x2600, 0x27BF), (0x2B00, 0x2BFF), (0xFE00, 0xFE0F),
+                (0x200D, 0x200D), (0x20E3, 0x20E3), (0xE0000, 0xE007F))
+
+
+def is_emoji(ch: str) -> bool:
+    code = ord(ch)
+    return any(low <= code <= high for low, high in EMOJI_RANGES)
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,8 @@ def _text(body: dict[str, Any], name: str, max_chars: int) -> str:
     # and other control characters have no place in a name shown on a video.
     if any(unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"} for ch in value):
         raise Invalid(name, f"{name} must not contain control or invalid characters")
+    if any(is_emoji(ch) for ch in value):
+        raise Invalid(name, f"{name} must not contain emoji (the video cannot show them)")
     return value
 
 
