@@ -82,6 +82,14 @@ async def fetch_all(pool: AsyncConnectionPool, query_name: str,
     return await _run(pool, query_name, params, limit=None)
 
 
+async def changed(pool: AsyncConnectionPool, query_name: str, params: Params) -> bool:
+    """Run a guarded state change (an UPDATE/INSERT ... RETURNING); True if it matched.
+
+    False means the guard refused: e.g. the caller's claim no longer owns the task.
+    """
+    return bool(await _run(pool, query_name, params, limit=1))
+
+
 async def ping(pool: AsyncConnectionPool, *, timeout_s: float) -> None:
     """One statement through PgBouncer to PostgreSQL, within timeout_s (readiness checks).
 

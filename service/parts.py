@@ -68,18 +68,16 @@ async def record_intent(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
 
 async def record_created(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
                          claim_token: uuid.UUID, part_index: int, remote_task_id: str) -> bool:
-    row = await db.fetch_one(pool, "record_part_created", {
+    return await db.changed(pool, "record_part_created", {
         "task_id": task_id, "claim_token": claim_token, "part_index": part_index,
         "remote_task_id": remote_task_id})
-    return row is not None
 
 
 async def record_failed(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
                         claim_token: uuid.UUID, part_index: int, error_message: str) -> bool:
-    row = await db.fetch_one(pool, "record_part_failed", {
+    return await db.changed(pool, "record_part_failed", {
         "task_id": task_id, "claim_token": claim_token, "part_index": part_index,
         "error_message": error_message})
-    return row is not None
 
 
 async def record_stored(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
@@ -88,12 +86,11 @@ async def record_stored(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
                         usage_tokens: int | None, parts_done: int, progress: int,
                         lease_s: float) -> bool:
     """Also moves the task's current_part and progress forward (never back)."""
-    row = await db.fetch_one(pool, "record_part_stored", {
+    return await db.changed(pool, "record_part_stored", {
         "task_id": task_id, "claim_token": claim_token, "part_index": part_index,
         "provider": provider, "remote_task_id": remote_task_id, "object_key": object_key,
         "usage_tokens": usage_tokens, "parts_done": parts_done, "progress": progress,
         "lease_s": lease_s})
-    return row is not None
 
 
 async def usage(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, int]:

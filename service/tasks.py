@@ -158,40 +158,35 @@ async def heartbeat(pool: AsyncConnectionPool, *, claim_tokens: list[uuid.UUID],
 async def set_stage(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token: uuid.UUID,
                     status: Status, lease_s: float) -> bool:
     progress = {Status.MERGING: MERGING_PROGRESS, Status.UPLOADING: UPLOADING_PROGRESS}[status]
-    row = await db.fetch_one(pool, "set_stage", {
+    return await db.changed(pool, "set_stage", {
         "task_id": task_id, "claim_token": claim_token, "status": status.value,
         "progress": progress, "lease_s": lease_s})
-    return row is not None
 
 
 async def complete(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token: uuid.UUID,
                    video_url: str, video_key: str) -> bool:
-    row = await db.fetch_one(pool, "complete_task", {
+    return await db.changed(pool, "complete_task", {
         "task_id": task_id, "claim_token": claim_token, "video_url": video_url,
         "video_key": video_key})
-    return row is not None
 
 
 async def fail(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token: uuid.UUID,
                error_message: str) -> bool:
-    row = await db.fetch_one(pool, "fail_task", {
+    return await db.changed(pool, "fail_task", {
         "task_id": task_id, "claim_token": claim_token, "error_message": error_message})
-    return row is not None
 
 
 async def retry_later(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
                       claim_token: uuid.UUID, error_message: str, delay_s: float) -> bool:
-    row = await db.fetch_one(pool, "retry_task", {
+    return await db.changed(pool, "retry_task", {
         "task_id": task_id, "claim_token": claim_token, "error_message": error_message,
         "delay_s": delay_s})
-    return row is not None
 
 
 async def release(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
                   claim_token: uuid.UUID) -> bool:
-    row = await db.fetch_one(pool, "release_task",
-                             {"task_id": task_id, "claim_token": claim_token})
-    return row is not None
+    return await db.changed(pool, "release_task",
+                            {"task_id": task_id, "claim_token": claim_token})
 
 
 # Tasks one rescue statement hands on at most; the rescuer repeats while batches are full.
