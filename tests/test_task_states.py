@@ -148,3 +148,34 @@ def test_every_non_terminal_status_can_reach_a_terminal_one():
                 reachable.add(nxt)
                 frontier.add(nxt)
         assert reachable & tasks.TERMINAL, status
+
+
+# How each statement that ends a claim records it in the attempts audit.
+AUDITED = {"complete_task": "completed", "fail_task": "failed", "retry_task": "retried",
+           "release_task": "released", "rescue_expired_tasks": "expired"}
+
+
+@pytest.mark.parametrize("statement", list(AUDITED))
+def test_a_claim_that_ends_records_how_in_the_attempts_audit(direct, statement):
+    start = Status.UPLOADING  # every one of these statements ends a claim from here
+    lease = "-1 minute" if statement == "rescue_expired_tasks" else "1 minute"
+    with direct.transaction(force_rollback=True):
+        direct.execute("DELETE FROM video_generation_tasks")
+        task_id = insert(direct, start, lease=lease)
+        direct.execute("INSERT INTO video_task_attempts (claim_token, task_id, worker_id) "
+                       "VALUES (%s, %s, %s)", [TOKEN, task_id, WORKER])
+        direct.execute(queries.get(statement), {"task_id": task_id, **STATEMENTS[statement]})
+        outcome, ended = direct.execute(
+            "SELECT outcome, ended_at IS NOT NULL FROM video_task_attempts "
+            "WHERE claim_token = %s", [TOKEN]).fetchone()
+    assert (outcome, ended) == (AUDITED[statement], True)
+
+
+def test_a_claim_opens_an_attempt(direct):
+    with direct.transaction(force_rollback=True):
+        direct.execute("DELETE FROM video_generation_tasks")
+        task_id = insert(direct, Status.PENDING)
+        (row,) = direct.execute(queries.get("claim_tasks"), STATEMENTS["claim_tasks"]).fetchall()
+        audit = direct.execute("SELECT task_id, worker_id, outcome FROM video_task_attempts "
+                               "WHERE claim_token = %s", [row[1]]).fetchone()
+    assert audit == (task_id, WORKER, None)

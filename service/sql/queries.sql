@@ -58,27 +58,34 @@ WITH claimable AS (
     ORDER BY run_after, created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE video_generation_tasks AS t
+    SET status = 'generating',
+        worker_id = %(worker_id)s,
+        claim_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+        attempts = t.attempts + 1,
+        updated_at = now()
+    FROM claimable
+    WHERE t.task_id = claimable.task_id
+    RETURNING t.task_id, t.claim_token, t.worker_id, t.product_name, t.theme, t.duration,
+              t.total_parts, t.current_part, t.attempts
+), audited AS (
+    INSERT INTO video_task_attempts (claim_token, task_id, worker_id)
+    SELECT claim_token, task_id, worker_id FROM claimed
 )
-UPDATE video_generation_tasks AS t
-SET status = 'generating',
-    worker_id = %(worker_id)s,
-    claim_token = gen_random_uuid(),
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-    attempts = t.attempts + 1,
-    updated_at = now()
-FROM claimable
-WHERE t.task_id = claimable.task_id
-RETURNING t.task_id, t.claim_token, t.product_name, t.theme, t.duration, t.total_parts,
-          t.current_part, t.attempts;
+SELECT task_id, claim_token, product_name, theme, duration, total_parts, current_part,
+       attempts
+FROM claimed;
 
 -- heartbeat_tasks --
 -- Extend the live leases of these claims; the claims missing from the result are lost.
 -- An expired lease is never renewed: the rescuer may already have handed the task on.
+-- (Only a running task has a lease: the lease CHECK. So "lease_expires_at > now()"
+-- alone guards every statement below to running tasks.)
 UPDATE video_generation_tasks
 SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-WHERE claim_token = ANY(%(claim_tokens)s::uuid[])
-  AND status IN ('generating', 'merging', 'uploading')
-  AND lease_expires_at > now()
+WHERE claim_token = ANY(%(claim_tokens)s::uuid[]) AND lease_expires_at > now()
 RETURNING claim_token;
 
 -- set_stage --
@@ -97,64 +104,92 @@ WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_
 RETURNING task_id;
 
 -- complete_task --
-UPDATE video_generation_tasks
-SET status = 'completed', progress = 100, current_part = total_parts, video_url = %(video_url)s,
-    video_key = %(video_key)s, error_message = NULL, worker_id = NULL, claim_token = NULL,
-    lease_expires_at = NULL, finished_at = now(), updated_at = now()
-WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
-  AND status = 'uploading'
-RETURNING task_id;
+WITH task AS (
+    UPDATE video_generation_tasks
+    SET status = 'completed', progress = 100, current_part = total_parts,
+        video_url = %(video_url)s, video_key = %(video_key)s, error_message = NULL,
+        worker_id = NULL, claim_token = NULL, lease_expires_at = NULL,
+        finished_at = now(), updated_at = now()
+    WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
+      AND status = 'uploading'
+    RETURNING task_id
+), audited AS (
+    UPDATE video_task_attempts SET outcome = 'completed', ended_at = now()
+    WHERE claim_token = %(claim_token)s AND EXISTS (SELECT 1 FROM task)
+)
+SELECT task_id FROM task;
 
 -- fail_task --
-UPDATE video_generation_tasks
-SET status = 'failed', error_message = %(error_message)s, worker_id = NULL, claim_token = NULL,
-    lease_expires_at = NULL, finished_at = now(), updated_at = now()
-WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
-  AND status IN ('generating', 'merging', 'uploading')
-RETURNING task_id;
+WITH task AS (
+    UPDATE video_generation_tasks
+    SET status = 'failed', error_message = %(error_message)s, worker_id = NULL,
+        claim_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+    WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
+    RETURNING task_id
+), audited AS (
+    UPDATE video_task_attempts SET outcome = 'failed', ended_at = now()
+    WHERE claim_token = %(claim_token)s AND EXISTS (SELECT 1 FROM task)
+)
+SELECT task_id FROM task;
 
 -- retry_task --
 -- A transient failure: back to pending, runnable again after the backoff delay.
-UPDATE video_generation_tasks
-SET status = 'pending', error_message = %(error_message)s, worker_id = NULL, claim_token = NULL,
-    lease_expires_at = NULL, run_after = now() + make_interval(secs => %(delay_s)s),
-    updated_at = now()
-WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
-  AND status IN ('generating', 'merging', 'uploading')
-RETURNING task_id;
+WITH task AS (
+    UPDATE video_generation_tasks
+    SET status = 'pending', error_message = %(error_message)s, worker_id = NULL,
+        claim_token = NULL, lease_expires_at = NULL,
+        run_after = now() + make_interval(secs => %(delay_s)s), updated_at = now()
+    WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
+    RETURNING task_id
+), audited AS (
+    UPDATE video_task_attempts SET outcome = 'retried', ended_at = now()
+    WHERE claim_token = %(claim_token)s AND EXISTS (SELECT 1 FROM task)
+)
+SELECT task_id FROM task;
 
 -- release_task --
 -- Graceful shutdown hands a task back at once; the interrupted attempt is not counted.
-UPDATE video_generation_tasks
-SET status = 'pending', worker_id = NULL, claim_token = NULL, lease_expires_at = NULL,
-    run_after = now(), attempts = greatest(attempts - 1, 0), updated_at = now()
-WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
-  AND status IN ('generating', 'merging', 'uploading')
-RETURNING task_id;
+WITH task AS (
+    UPDATE video_generation_tasks
+    SET status = 'pending', worker_id = NULL, claim_token = NULL, lease_expires_at = NULL,
+        run_after = now(), attempts = greatest(attempts - 1, 0), updated_at = now()
+    WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
+    RETURNING task_id
+), audited AS (
+    UPDATE video_task_attempts SET outcome = 'released', ended_at = now()
+    WHERE claim_token = %(claim_token)s AND EXISTS (SELECT 1 FROM task)
+)
+SELECT task_id FROM task;
 
 -- rescue_expired_tasks --
 -- Tasks whose worker died or froze: back to pending, or failed once out of attempts.
--- Bounded batches: a long outage must not become one huge statement.
+-- Bounded batches: a long outage must not become one huge statement. Only running tasks
+-- have a lease (the lease CHECK), so an expired lease finds exactly the stranded ones.
 WITH expired AS (
-    SELECT task_id
+    SELECT task_id, claim_token
     FROM video_generation_tasks
-    WHERE status IN ('generating', 'merging', 'uploading') AND lease_expires_at < now()
+    WHERE lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE video_generation_tasks AS t
+    SET status = CASE WHEN t.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+        error_message = CASE WHEN t.attempts >= %(max_attempts)s
+            THEN 'The video could not be generated: the worker stopped responding '
+                 || t.attempts || ' times.'
+            ELSE t.error_message END,
+        finished_at = CASE WHEN t.attempts >= %(max_attempts)s THEN now() END,
+        worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, run_after = now(),
+        updated_at = now()
+    FROM expired
+    WHERE t.task_id = expired.task_id
+    RETURNING t.task_id, t.status
+), audited AS (
+    UPDATE video_task_attempts SET outcome = 'expired', ended_at = now()
+    WHERE claim_token IN (SELECT claim_token FROM expired) AND outcome IS NULL
 )
-UPDATE video_generation_tasks AS t
-SET status = CASE WHEN t.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
-    error_message = CASE WHEN t.attempts >= %(max_attempts)s
-        THEN 'The video could not be generated: the worker stopped responding '
-             || t.attempts || ' times.'
-        ELSE t.error_message END,
-    finished_at = CASE WHEN t.attempts >= %(max_attempts)s THEN now() END,
-    worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, run_after = now(),
-    updated_at = now()
-FROM expired
-WHERE t.task_id = expired.task_id
-RETURNING t.task_id, t.status;
+SELECT task_id, status FROM rescued;
 
 -- count_tasks_by_status --
 SELECT status, count(*) AS tasks FROM video_generation_tasks GROUP BY status;
@@ -167,3 +202,10 @@ WHERE status = 'pending' AND run_after <= now();
 
 -- ping --
 SELECT 1 AS ok;
+
+-- list_attempts --
+-- One task's claims and how each ended, oldest first (operators and tests).
+SELECT claim_token, worker_id, claimed_at, ended_at, outcome
+FROM video_task_attempts
+WHERE task_id = %(task_id)s
+ORDER BY claimed_at, claim_token;
