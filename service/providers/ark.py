@@ -417,7 +417,8 @@ class ArkProvider:
                         tokens)
             return ClipResult(usage_tokens=tokens)
         if status == "failed":
-            err = task.get("error") if isinstance(task.get("error"), dict) else {}
+            error = task.get("error")
+            err: dict[str, Any] = error if isinstance(error, dict) else {}
             code, message = str(err.get("code") or ""), str(err.get("message") or "")
             if is_moderation_code(code):
                 self.refusals += 1

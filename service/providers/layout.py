@@ -244,7 +244,8 @@ def _build(spec: BlockSpec, text: str, font_file: str, size: int, width: int, he
     ascent, descent = font.getmetrics()
 
     def ink(line: str) -> tuple[int, int, int, int]:
-        return font.getbbox(line, stroke_width=stroke, anchor="la")
+        left, top, right, bottom = font.getbbox(line, stroke_width=stroke, anchor="la")
+        return int(left), int(top), int(right), int(bottom)
 
     def fits(line: str) -> bool:
         left, _, right, _ = ink(line)
@@ -261,16 +262,16 @@ def _build(spec: BlockSpec, text: str, font_file: str, size: int, width: int, he
         lines = [*lines[:keep - 1], _ellipsize(lines[keep - 1], fits)]
         truncated = True
     placed: list[Line] = []
-    for i, line in enumerate(lines):
-        left, top, right, bottom = ink(line)
+    for i, text in enumerate(lines):
+        left, top, right, bottom = ink(text)
         y = pad_y + stroke + i * pitch
         x = pad_x + (text_w - (right - left)) // 2 - left  # centre the ink, not the advance
         box = Box(x + left, y + min(top, -stroke), x + right,
                   y + max(bottom, ascent + descent + stroke))
-        placed.append(Line(line, x, y, box))
+        placed.append(Line(text, x, y, box))
     content = placed[0].box
-    for line in placed[1:]:
-        content = content.union(line.box)
+    for placed_line in placed[1:]:
+        content = content.union(placed_line.box)
     box = Box(content.left - pad_x, content.top - pad_y, content.right + pad_x,
               content.bottom + pad_y)
     if box.left < 0 or box.right > width or box.top < 0 or box.bottom > height:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -136,7 +137,7 @@ class Worker:
                 run.runner = asyncio.create_task(self._process(run),
                                                  name=f"task-{task.task_id}")
                 self.running[task.task_id] = run
-                run.runner.add_done_callback(lambda _, tid=task.task_id: self._finished(tid))
+                run.runner.add_done_callback(functools.partial(self._finished, task.task_id))
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again as soon as a slot frees
             self._slot_freed.clear()
@@ -144,7 +145,7 @@ class Worker:
                 await asyncio.wait_for(self._slot_freed.wait(),
                                        jittered(self.settings.worker_poll_interval_s))
 
-    def _finished(self, task_id: uuid.UUID) -> None:
+    def _finished(self, task_id: uuid.UUID, _runner: asyncio.Task[None] | None = None) -> None:
         self.running.pop(task_id, None)
         self._slot_freed.set()
 
