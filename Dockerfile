@@ -8,12 +8,15 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
+# The pinned, hashed runtime lock (`make lock`), then the project without resolving again.
+COPY requirements/runtime.txt ./requirements/
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip install --no-cache-dir .
 # ops/ (provisioning) and pgbouncer/ (the renderer ops imports) for the migrate job.
 COPY ops ./ops
 COPY pgbouncer ./pgbouncer
+RUN pip install --no-cache-dir --no-deps . && pip check
 
 RUN useradd --system --uid 10001 --home /app app \
  && mkdir -p /data/media /data/work && chown -R app /data
