@@ -70,11 +70,11 @@ def run(script: Path, *, conninfo: str, clients: int, duration_s: int) -> dict[s
         raise ValueError("the benchmark only loads 127.0.0.1")
     argv = [binary, "-n", "-M", "extended", "-c", str(clients),
             "-j", str(min(PGBENCH_THREADS, clients)), "-T", str(duration_s), "-f", str(script),
-            "-h", info["host"], "-p", str(info["port"]), "-U", info["user"]]
+            "-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"])]
     for name, value in STRING_VARIABLES.items():
         argv += ["-D", f"{name}={value}"]
-    argv.append(info["dbname"])
-    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": info.get("password", ""),
+    argv.append(str(info["dbname"]))
+    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": str(info.get("password") or ""),
            "PGCONNECT_TIMEOUT": "5"}
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False,
                           timeout=duration_s + 60)

@@ -8,7 +8,7 @@ from typing import Any
 
 PROGRESS = "GET /api/progress/{id}"
 CREATE = "POST /api/generate-video"
-LABELS = {"design": "design (PgBouncer)", "direct": "direct (seed pools)"}
+LABELS = {"design": "design (PgBouncer)", "direct": "direct (write-up pools)"}
 COLORS = {"design": "tab:blue", "direct": "tab:orange"}
 
 

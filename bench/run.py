@@ -3,7 +3,7 @@
 Modes (in the order given):
 - design:  the service through PgBouncer, as deployed. Users, then the read path (wrk)
            and PgBouncer restarts while clients poll.
-- direct:  the same service pointed straight at PostgreSQL with the seed's pool sizes
+- direct:  the same service pointed straight at PostgreSQL with the original write-up's pool sizes
            (10 kept + 10 overflow = min 10, max 20 per process): what PgBouncer buys.
 - pgbench: the database's ceiling for the same statements through PgBouncer.
 Each service mode starts on an empty tasks table with fresh API and worker processes.
@@ -34,8 +34,8 @@ from pgbouncer import render
 
 MODES = ("design", "direct", "pgbench")
 DEFAULT_POOL_SIZE = int(render.SETTINGS["default_pool_size"][0])
-# The seed's SQLAlchemy pool: pool_size=10, max_overflow=10.
-SEED_POOL_MIN, SEED_POOL_MAX = 10, 20
+# The original write-up's SQLAlchemy pool: pool_size=10, max_overflow=10.
+WRITE_UP_POOL_MIN, WRITE_UP_POOL_MAX = 10, 20
 DRAIN_POLL_S = 0.5
 RECOMMENDED_API_PROCESSES = 2
 RECOMMENDED_APP_POOL_MAX = 8
@@ -128,7 +128,7 @@ def service_overrides(stack: Stack, options: Options, *, mode: str,
         overrides["app_pool_max"] = options.app_pool_max
     if mode == "direct":
         overrides.update(database_url=stack.settings.database_direct_url,
-                         app_pool_min=SEED_POOL_MIN, app_pool_max=SEED_POOL_MAX)
+                         app_pool_min=WRITE_UP_POOL_MIN, app_pool_max=WRITE_UP_POOL_MAX)
     return overrides
 
 
@@ -193,9 +193,9 @@ async def _users_and_samples(stack: Stack, svc: services.Service,
         }
 
     sample = sampler.Sampler(
-        superuser_conninfo=stack.superuser_url(direct["dbname"]),
-        admin_url=stack.settings.pgbouncer_admin_url, app_user=direct["user"],
-        app_db=direct["dbname"], metrics_urls=svc.metrics_urls(),
+        superuser_conninfo=stack.superuser_url(str(direct["dbname"])),
+        admin_url=stack.settings.pgbouncer_admin_url, app_user=str(direct["user"]),
+        app_db=str(direct["dbname"]), metrics_urls=svc.metrics_urls(),
         component_pids=component_pids)
     load = UserLoad("127.0.0.1", svc.api_port, user_opts)
     rec, samples = await asyncio.gather(load.run(), sample.run(user_opts.duration_s))
@@ -239,7 +239,7 @@ def drain(stack: Stack, task_ids: list[str], timeout_s: float) -> dict[str, Any]
 def run_readpath(stack: Stack, svc: services.Service, options: Options,
                  log=print) -> dict[str, Any]:
     if not readpath.wrk_available():
-        log("bench:   wrk not found (make bench installs it): read path skipped")
+        log("bench:   wrk not found (apt-get install wrk): read path skipped")
         return {"skipped": "wrk not installed"}
     ids = services.seed(stack, options.seed_rows)
     script = readpath.write_script(options.out / "get_progress.lua", ids)

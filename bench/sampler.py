@@ -4,7 +4,8 @@
 - PgBouncer: SHOW POOLS of the app's database, through the admin console (simple query
   protocol: ClientCursor, autocommit).
 - The app's psycopg pools: get_stats() as the service exports it on /metrics
-  (gauges video_tasks_pool_<key>{pool="..."}), per API process and worker.
+  (video_tasks_pool_*{pool="..."}, read back into get_stats() keys and units through
+  service.metrics.POOL_METRICS), per API process and worker.
 - CPU: the machine's busy share and each component's share (API, worker, PgBouncer,
   PostgreSQL, the load generator), from /proc.
 
@@ -26,6 +27,9 @@ import aiohttp
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from ops.procs import children  # noqa: F401  (the one /proc reader; bench/run.py uses it)
+from service import metrics, show
+
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 1.0
@@ -33,7 +37,8 @@ CONNECT_TIMEOUT_S = 2
 # The service reads its task counts from the database for every /metrics page (up to
 # 1 s when its pool is busy): give the page that long and a little more.
 SCRAPE_TIMEOUT_S = 1.5
-POOL_METRIC_PREFIX = "video_tasks_pool_"
+# /metrics sample name -> (get_stats() key, the metric's scale from get_stats()' unit).
+POOL_SAMPLES = {m.sample_name: (key, m.scale) for key, m in metrics.POOL_METRICS.items()}
 POOL_COLUMNS = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "sv_tested",
                 "sv_login")
 ACTIVITY_SQL = """
@@ -144,17 +149,14 @@ class Sampler:
                 self._admin = await psycopg.AsyncConnection.connect(
                     self.admin_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                     cursor_factory=psycopg.AsyncClientCursor)
-            cur = await self._admin.execute("SHOW POOLS")
-            rows = await cur.fetchall()
-            names = [d.name for d in cur.description or []]
+            rows = await show.show_async(self._admin, "POOLS")
         except (psycopg.Error, OSError) as exc:
             logger.debug("SHOW POOLS failed: %s", exc)
             await self._drop("_admin")
             return None
         total: dict[str, float] = dict.fromkeys(POOL_COLUMNS, 0)
         total["maxwait_s"] = 0.0
-        for values in rows:
-            row = dict(zip(names, values, strict=True))
+        for row in rows:
             # The app's pool only (the auth_query user has a pool of its own).
             if row.get("database") != self.app_db or row.get("user") != self.app_user:
                 continue
@@ -215,14 +217,15 @@ class Sampler:
 
 
 def parse_pool_metrics(text: str) -> dict[str, dict[str, float]]:
+    """{pool label: {get_stats() key: value in get_stats()' unit}} from /metrics text."""
     pools: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if not sample.name.startswith(POOL_METRIC_PREFIX):
+            known = POOL_SAMPLES.get(sample.name)
+            if known is None:
                 continue
-            pool = sample.labels.get("pool", "")
-            key = sample.name[len(POOL_METRIC_PREFIX):]
-            pools.setdefault(pool, {})[key] = sample.value
+            key, scale = known
+            pools.setdefault(sample.labels.get("pool", ""), {})[key] = sample.value / scale
     return pools
 
 
@@ -240,10 +243,3 @@ def _machine_ticks() -> tuple[int, int]:
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     return sum(values), values[3] + values[4]
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []

@@ -2,17 +2,12 @@
 
 PostgreSQL and PgBouncer start with the same code as `make up` (ops.stack.Stack), in
 the run's own directory, so a benchmark never touches a dev stack on the default ports.
-The API and worker run as `python -m service api|worker`, exactly as deployed.
+The API and worker run as `python -m service api|worker`, exactly as deployed, started
+and stopped by ops.procs.ServiceProcess like the stack's and the tests' processes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +16,15 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ops.stack import Stack, free_port, port_open
-from service.settings import PROJECT_DIR
+from ops import procs
+from ops.ports import free_port, free_ports, port_open
+from ops.procs import START_TIMEOUT_S, STOP_TIMEOUT_S, ServiceProcess
+from ops.stack import Stack
+from service import show
 
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
+__all__ = ["SEED_PREFIX", "Service", "ServiceProcess", "free_ports", "make_stack",
+           "pgbouncer_pool_settings", "pgbouncer_totals", "reset_tasks", "seed", "seed_ids",
+           "superuser_connect"]
 # Rows seeded for the read path and pgbench: pending, never runnable, never terminal.
 SEED_PREFIX = "bench-"
 SEED_SQL = """
@@ -36,26 +35,6 @@ SELECT md5(%(prefix)s || n)::uuid, 'bench product ' || n, 'bench theme', 10, 'vi
 FROM generate_series(1, %(rows)s) AS n
 ON CONFLICT DO NOTHING
 """
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports (API i serves metrics on base + i)."""
-    for _ in range(200):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        if all(_bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def seed_ids(rows: int) -> list[str]:
@@ -88,11 +67,11 @@ def pgbouncer_pool_settings(stack: Stack) -> dict[str, int]:
 
 
 def app_user(stack: Stack) -> str:
-    return conninfo_to_dict(stack.settings.database_direct_url)["user"]
+    return str(conninfo_to_dict(stack.settings.database_direct_url)["user"])
 
 
 def superuser_connect(stack: Stack, dbname: str | None = None) -> psycopg.Connection:
-    db = dbname or conninfo_to_dict(stack.settings.database_direct_url)["dbname"]
+    db = dbname or str(conninfo_to_dict(stack.settings.database_direct_url)["dbname"])
     return psycopg.connect(stack.superuser_url(db), autocommit=True)
 
 
@@ -117,16 +96,6 @@ def seed(stack: Stack, rows: int) -> list[str]:
         conn.execute(SEED_SQL, {"prefix": SEED_PREFIX, "rows": rows})
         conn.execute("VACUUM ANALYZE video_generation_tasks")
     return seed_ids(rows)
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
 
 @dataclass
@@ -165,59 +134,33 @@ class Service:
         self._spawn("api", f"{tag}-api", api_port=self.api_port,
                     metrics_port=self.metrics_base_port)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open(self.api_port):
+        # Every API process must be up, not only the first to bind the port: each one's
+        # metrics listen once its pool is open, just before it takes the API port.
+        wanted = [self.api_port] + [self.metrics_base_port + i
+                                    for i in range(self.api_processes)]
+        while not all(port_open(port) for port in wanted):
             for p in self.processes:
-                if not p.alive():
-                    raise RuntimeError(f"{p.name} exited at start; see {p.log_path}")
+                p.check_alive()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not listen within {START_TIMEOUT_S:.0f} s")
+                raise procs.StackError(f"the API did not listen within {START_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
-        # Every API process must be up, not only the first to bind the port.
-        time.sleep(0.3 + 0.2 * self.api_processes)
+        time.sleep(0.3)
 
     def _spawn(self, command: str, name: str, **extra: Any) -> None:
         env = self.stack.app_env()
         values = {**self.overrides, **extra}
         env.update({key.upper(): str(value) for key, value in values.items()})
-        log_path = self.stack.log_dir / f"{name}.log"
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "service", command], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=PROJECT_DIR,
-                                    start_new_session=True)
-        self.processes.append(ServiceProcess(name, proc, log_path))
+        self.processes.append(ServiceProcess.start(
+            command, env=env, name=name, log_path=self.stack.log_dir / f"{name}.log"))
 
     def pids(self) -> list[int]:
         """The service's processes, forked API children included."""
-        pids = []
-        for p in self.processes:
-            pids.append(p.proc.pid)
-            pids.extend(_children(p.proc.pid))
-        return pids
+        return [pid for p in self.processes for pid in (p.pid, *p.children())]
 
     def stop(self) -> None:
         # SIGTERM: the API drains, the worker hands unfinished tasks back.
-        for p in self.processes:
-            if p.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    p.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for p in self.processes:
-            try:
-                p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.proc.pid, signal.SIGKILL)
-                p.proc.wait(timeout=10)
+        procs.stop_all(self.processes, STOP_TIMEOUT_S)
         self.processes.clear()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
 
 
 def pgbouncer_totals(stack: Stack) -> dict[str, int]:
@@ -225,10 +168,7 @@ def pgbouncer_totals(stack: Stack) -> dict[str, int]:
     db = conninfo_to_dict(stack.settings.database_url)["dbname"]
     with psycopg.connect(stack.settings.pgbouncer_admin_url, autocommit=True,
                          cursor_factory=psycopg.ClientCursor) as conn:
-        cur = conn.execute("SHOW STATS")
-        names = [d.name for d in cur.description or []]
-        for values in cur.fetchall():
-            row = dict(zip(names, values, strict=True))
+        for row in show.show(conn, "STATS"):
             if row.get("database") == db:
                 return {"xact": int(row["total_xact_count"]),
                         "query": int(row["total_query_count"])}

@@ -117,8 +117,8 @@ def summarize_samples(samples: list[dict[str, Any]], pool_size: int) -> dict[str
         values = [r[key] for r in rows if r.get(key) is not None]
         return max(values) if values else None
 
-    waiting = [_app_pool_total(s, "requests_waiting") for s in samples]
-    waiting = [w for w in waiting if w is not None]
+    waiting = [w for w in (_app_pool_total(s, "requests_waiting") for s in samples)
+               if w is not None]
     app_max = top(pg, "app")
     cpu_avg = {}
     for key in sorted({k for row in cpu for k in row}):

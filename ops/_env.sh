@@ -1,15 +1,7 @@
-# Sourced by the ops/ scripts: run from the repository, with .env's values for what the
-# environment does not already set (as `python -m ops.stack` does), and the venv's Python.
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [ -f .env ]; then
-  while IFS= read -r line || [ -n "$line" ]; do
-    case "$line" in ''|'#'*) continue ;; esac
-    key=$(printf '%s' "${line%%=*}" | tr -d '[:space:]')
-    value=${line#*=}
-    value=${value%\"}; value=${value#\"}; value=${value%\'}; value=${value#\'}
-    case "$key" in ''|*[!A-Za-z0-9_]*) continue ;; esac
-    if [ -z "${!key+x}" ]; then export "$key=$value"; fi
-  done < .env
-fi
-PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || { echo "$PY not found: run \`make bootstrap\` first" >&2; exit 2; }
+# Sourced by the ops/ scripts. They parse no .env themselves: they call the `video-tasks`
+# CLI, which reads the settings (the environment over .env) like every other entry point.
+# The checkout's .venv first, else `video-tasks` on PATH (an installed package).
+_ops_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+VT=${VIDEO_TASKS:-$_ops_dir/../.venv/bin/video-tasks}
+[ -x "$VT" ] || VT=$(command -v video-tasks || true)
+[ -n "$VT" ] || { echo "video-tasks not found: run \`make bootstrap\` first" >&2; exit 2; }

@@ -1,15 +1,14 @@
 """Create the stack's roles, database and PgBouncer's auth lookup, as a superuser.
 
-Idempotent: run it on every start. Used by the native stack (ops/stack.py) and by the
-compose `migrate` service, before `python -m service migrate`.
+Idempotent: run it on every start. Used by the native stack (ops/postgres.py) and, as
+`video-tasks provision`, by the compose `migrate` service before `video-tasks migrate`.
 
-    python -m ops.provision --superuser-url postgresql://postgres:...@db:5432/postgres
+    video-tasks provision --superuser-url postgresql://postgres:...@db:5432/postgres
+    python -m ops.provision ...     # the same (what compose.yaml runs)
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,9 +16,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from service import queries
 from service.settings import Settings
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
+# Named single statements; the two scripts below run whole.
+STATEMENTS = queries.parse((SQL_DIR / "provision.sql").read_text())
 DEFAULT_AUTH_USER = "pgbouncer_auth"
 DEFAULT_AUTH_PASSWORD = "auth-local-password"
 
@@ -27,7 +29,8 @@ DEFAULT_AUTH_PASSWORD = "auth-local-password"
 def provision(superuser_url: str, settings: Settings, *, auth_user: str,
               auth_password: str) -> None:
     app = conninfo_to_dict(settings.database_direct_url)
-    app_user, app_password, db_name = app["user"], app.get("password", ""), app["dbname"]
+    app_user, app_password, db_name = (str(app["user"]), str(app.get("password", "")),
+                                       str(app["dbname"]))
     names = {
         "provision.app_user": app_user,
         "provision.app_password": app_password,
@@ -37,32 +40,26 @@ def provision(superuser_url: str, settings: Settings, *, auth_user: str,
     with psycopg.connect(superuser_url, autocommit=True) as conn:
         _set_names(conn, names)
         conn.execute((SQL_DIR / "provision_roles.sql").read_text())
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db_name]).fetchone()
+        exists = conn.execute(STATEMENTS["find_database"], {"name": db_name}).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(db_name), sql.Identifier(app_user)))
+            conn.execute(sql.SQL(STATEMENTS["create_database"]).format(
+                database=sql.Identifier(db_name), owner=sql.Identifier(app_user)))
     with psycopg.connect(make_conninfo(superuser_url, dbname=db_name), autocommit=True) as conn:
         _set_names(conn, names)
         conn.execute((SQL_DIR / "provision_auth_lookup.sql").read_text())
-        # The app owns its schema objects; PostgreSQL 15 no longer lets everyone create there.
-        conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(app_user)))
+        conn.execute(sql.SQL(STATEMENTS["grant_schema_to_app"]).format(
+            app_user=sql.Identifier(app_user)))
 
 
 def _set_names(conn: psycopg.Connection, names: dict[str, str]) -> None:
     for key, value in names.items():
-        conn.execute("SELECT set_config(%s, %s, false)", [key, value])
+        conn.execute(STATEMENTS["set_provision_name"], {"key": key, "value": value})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Provision roles and database for the stack.")
-    parser.add_argument("--superuser-url", default=os.environ.get("POSTGRES_SUPERUSER_URL"),
-                        required="POSTGRES_SUPERUSER_URL" not in os.environ)
-    args = parser.parse_args(argv)
-    provision(args.superuser_url, Settings.from_env(),
-              auth_user=os.environ.get("PGBOUNCER_AUTH_USER", DEFAULT_AUTH_USER),
-              auth_password=os.environ.get("PGBOUNCER_AUTH_PASSWORD", DEFAULT_AUTH_PASSWORD))
-    print("provisioned roles, database and PgBouncer auth lookup")
-    return 0
+    """`python -m ops.provision ARGS` = `video-tasks provision ARGS`."""
+    from ops import cli
+    return cli.main(["provision", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

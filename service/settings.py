@@ -2,6 +2,13 @@
 
 Every default runs the local stack (`make run`). `Settings.from_env()` reports every
 bad value in one error; tests build `Settings(...)` directly.
+
+Every entry point (the `video-tasks` CLI, `python -m service`, the ops/ scripts, make)
+reads the same settings: the process environment, over one `.env` file read by
+python-dotenv (`load_environ`). The file is $VIDEO_TASKS_ENV_FILE if that is set (empty:
+no file), else `.env` in the current directory, else `.env` in the project directory
+(the checkout this package runs from). A relative path in the file is relative to the
+file's directory.
 """
 
 from __future__ import annotations
@@ -14,12 +21,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import dotenv
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from service import errors
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Names the .env file to read; set but empty: none (the tests' and benchmark's stacks).
+ENV_FILE_VARIABLE = "VIDEO_TASKS_ENV_FILE"
+ENV_FILE_NAME = ".env"
 # Credentials of the local stack (make run, tests). Production sets the URLs.
 LOCAL_DB_NAME = "videotasks"
 LOCAL_APP_USER = "app:app-local-password"
@@ -50,7 +61,8 @@ class Settings:
     api_port: int = 8000
     # Several API processes share the port with SO_REUSEPORT.
     api_processes: int = 1
-    public_base_url: str = "http://127.0.0.1:8000"
+    # The base of video_url; empty: http://API_HOST:API_PORT (follows the port).
+    public_base_url: str = ""
     request_max_bytes: int = 16 * 1024
     # /metrics is served on its own address, never on the public port, unless a token is set.
     metrics_host: str = "127.0.0.1"
@@ -71,13 +83,21 @@ class Settings:
 
     worker_concurrency: int = 4
     worker_poll_interval_s: float = 0.5
-    worker_metrics_port: int = 9101
+    # Clear of the API's block METRICS_PORT ... METRICS_PORT + API_PROCESSES - 1.
+    worker_metrics_port: int = 9200
     lease_s: float = 30.0
     heartbeat_interval_s: float = 5.0
     max_attempts: int = 3
     retry_base_delay_s: float = 2.0
     # On SIGTERM, in-flight stages get this long before tasks are handed back.
     shutdown_grace_s: float = 20.0
+    # Retention (every worker's maintenance loop): tasks that finished (completed or
+    # failed) more than this many days ago are deleted with their parts ledger rows;
+    # 0 keeps them forever. The videos and parts in storage are not deleted: expire them
+    # with a bucket lifecycle rule or a cron job on MEDIA_DIR.
+    retention_days: int = 30
+    # Tasks one retention statement deletes at most; full batches repeat at once.
+    retention_batch: int = 500
 
     duration_min_s: int = 5
     duration_max_s: int = 60
@@ -146,7 +166,7 @@ class Settings:
     doctor_timeout_s: float = 3.0
     # Sessions idle in a transaction longer than this are reported.
     doctor_idle_in_transaction_s: float = 1.0
-    # Running tasks created longer ago than this are reported (the seed's 10 minutes).
+    # Running tasks created longer ago than this are reported (the original write-up's 10 minutes).
     doctor_stuck_after_s: float = 600.0
     # The oldest runnable pending task waiting longer than this is a warning.
     doctor_queue_lag_warn_s: float = 60.0
@@ -162,6 +182,7 @@ class Settings:
             "pgbouncer_admin_url": f"postgresql://{LOCAL_ADMIN_USER}@127.0.0.1:"
                                    f"{self.pgbouncer_port}/pgbouncer",
         }
+        derived["public_base_url"] = default_public_base_url(self.api_host, self.api_port)
         for name, url in derived.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, url)
@@ -171,8 +192,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from the environment (upper-case field names)."""
-        environ = os.environ if environ is None else environ
+        """Build settings from upper-case field names: of `environ` alone if given, else
+        of the process environment over the .env file (`load_environ`)."""
+        environ = load_environ() if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []
         for f in fields(cls):
@@ -189,6 +211,10 @@ class Settings:
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes`; a derived public_base_url is derived again."""
+        if ("public_base_url" not in changes and self.public_base_url
+                == default_public_base_url(self.api_host, self.api_port)):
+            changes["public_base_url"] = ""
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> dict[str, str]:
@@ -200,6 +226,50 @@ class Settings:
                 value = "***" if value else ""
             shown[f.name] = redact_url(str(value))
         return shown
+
+
+def default_public_base_url(api_host: str, api_port: int) -> str:
+    """http://API_HOST:API_PORT; a wildcard host (0.0.0.0, ::) is reached on loopback."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(api_host, api_host)
+    return f"http://[{host}]:{api_port}" if ":" in host else f"http://{host}:{api_port}"
+
+
+def env_file(environ: Mapping[str, str] | None = None, *,
+             cwd: Path | None = None) -> Path | None:
+    """The .env file the settings are read from, or None (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(ENV_FILE_VARIABLE)
+    if named is not None:
+        return Path(named).expanduser().resolve() if named else None
+    for directory in (cwd or Path.cwd(), PROJECT_DIR):
+        candidate = directory / ENV_FILE_NAME
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def load_environ(environ: Mapping[str, str] | None = None, *,
+                 cwd: Path | None = None) -> dict[str, str]:
+    """The process environment (`environ`) over the values of the .env file: what every
+    entry point reads settings, STACK_DIR and PGBOUNCER_* from.
+
+    One parser (python-dotenv: quotes, `export`, comments); values are literal (no
+    ${VAR} expansion). A variable the environment sets, even to "", wins over the file.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, str] = {}
+    path = env_file(environ, cwd=cwd)
+    if path is not None:
+        if not path.is_file():
+            raise errors.ConfigError(f"{ENV_FILE_VARIABLE}={path}: no such file")
+        for key, value in dotenv.dotenv_values(path, interpolate=False).items():
+            if value is None:
+                continue
+            if key in _PATH_VARIABLES and value and not Path(value).expanduser().is_absolute():
+                value = str(path.parent / value)
+            merged[key] = value
+    merged.update(environ)
+    return merged
 
 
 def redact_url(text: str) -> str:
@@ -219,6 +289,10 @@ def _parse_bool(raw: str) -> bool:
         return False
     raise ValueError(raw)
 
+
+# Variables that name a path: relative in the .env file means relative to its directory.
+_PATH_VARIABLES = frozenset({f.name.upper() for f in fields(Settings) if _type_name(f) == "Path"}
+                            | {"STACK_DIR", "SIMULATED_RENDER_LOG", "VIDEO_FONT_FILE"})
 
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "int": int,
@@ -262,6 +336,10 @@ def _validate(s: Settings) -> list[str]:
     for name in ("ark_part_deadline_s", "ark_poll_interval_s", "ark_request_timeout_s"):
         if getattr(s, name) <= 0:
             problems.append(f"{name.upper()} must be positive")
+    if s.retention_days < 0:
+        problems.append("RETENTION_DAYS must be 0 (keep forever) or more")
+    if s.retention_batch < 1:
+        problems.append("RETENTION_BATCH must be at least 1")
     if s.ark_max_in_flight < 1:
         problems.append("ARK_MAX_IN_FLIGHT must be at least 1")
     if s.storage_backend not in STORAGE_BACKENDS:
