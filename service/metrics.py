@@ -4,18 +4,26 @@ Served on their own address (METRICS_HOST:METRICS_PORT for the API, process i of
 API_PROCESSES on METRICS_PORT + i; WORKER_METRICS_PORT for a worker; port 0 turns the
 listener off), and on the public port only with `Authorization: Bearer METRICS_TOKEN`.
 
-Names (ops/README.md documents them; a benchmark scrapes them, keep them stable):
+Names follow Prometheus' conventions: base units (seconds), counters end in `_total`
+(prometheus_client adds it to a counter family's name), no repeated words. The pool
+metrics are named like prometheus-community/pgbouncer_exporter's (`..._idle_connections`,
+`..._wait_seconds_total`), not like CloudNativePG's raw SHOW columns, so that the app's
+pools and PgBouncer's read alike on one dashboard. ops/README.md documents every name; a
+benchmark scrapes them (bench/sampler.py reads POOL_METRICS), keep them stable:
 - video_tasks_http_requests_total{route,method,status}: answered requests; route is the
   route's pattern (/api/progress/{task_id}), never the raw path.
 - video_tasks_http_request_duration_seconds{route}: histogram of answer times.
-- video_tasks_pool_<key>{pool="api"|"worker"}: psycopg_pool's get_stats() at scrape time,
-  each key a gauge (requests_wait_ms, requests_errors, pool_available, ...; the cumulative
-  ones only grow, so rate() works on them).
-- video_tasks_tasks{status}: tasks by status; video_tasks_queue_lag_seconds: age of the
-  oldest runnable pending task. One query each per scrape, bounded by a short timeout.
-- video_tasks_db_up: 1 when those queries answered, else 0 (and no task figures).
-- video_tasks_worker_running_tasks, video_tasks_worker_concurrency,
-  video_tasks_worker_tasks_completed_total, video_tasks_worker_tasks_failed_total.
+- video_tasks_pool_*{pool="api"|"worker"}: psycopg_pool's get_stats() at scrape time
+  (POOL_METRICS): gauges for what is now, `_total` counters for what accumulates.
+- video_tasks_queue_tasks{status}: unfinished tasks by status;
+  video_tasks_finished_tasks_last_minute{status}: tasks completed or failed in the last
+  FINISHED_WINDOW_S; video_tasks_queue_lag_seconds: age of the oldest runnable pending
+  task. Two statements per scrape, both on partial or finished_at indexes (never a scan
+  of the whole table), bounded by a short timeout.
+- video_tasks_db_up: 1 when those statements answered, else 0 (and no task figures).
+- video_tasks_worker_*: the worker's running tasks and concurrency (gauges); tasks
+  completed and failed, clip creates, possible duplicate creates, parts reused and clip
+  usage tokens (counters, `_total`).
 - process_*: CPU, memory and file descriptors of the process.
 """
 
@@ -25,6 +33,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -46,25 +55,64 @@ logger = logging.getLogger(__name__)
 
 # The tasks and lag queries of one scrape give up after this; the scrape still answers.
 SCRAPE_DB_TIMEOUT_S = 1.0
+# Finished tasks are counted over this window only (the finished_at index), not since the
+# beginning: a full count would scan the whole table on every scrape.
+FINISHED_WINDOW_S = 60
+# The status labels, in the vocabulary's order; each is exported, 0 when it has no task.
+UNFINISHED = [s.value for s in tasks.Status if s not in tasks.TERMINAL]
+FINISHED = [s.value for s in tasks.Status if s in tasks.TERMINAL]
 # Answer times from sub-millisecond reads to the 503 after POOL_TIMEOUT_S.
 HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# psycopg_pool leaves a counter out until it first moves; these are always exported.
-POOL_STATS_KEYS = (
-    "pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting",
-    "requests_num", "requests_queued", "requests_wait_ms", "requests_errors", "usage_ms",
-    "returns_bad", "connections_num", "connections_ms", "connections_errors",
-    "connections_lost",
-)
-POOL_STATS_HELP = {
-    "pool_size": "connections in the pool, lent out or being made",
-    "pool_available": "idle connections in the pool",
-    "requests_waiting": "requests waiting for a connection now",
-    "requests_num": "connection requests so far",
-    "requests_queued": "connection requests that had to wait so far",
-    "requests_wait_ms": "milliseconds requests waited for a connection so far",
-    "requests_errors": "connection requests that failed (timeout, queue full) so far",
-    "usage_ms": "milliseconds connections were lent out so far",
-    "connections_lost": "broken connections found so far",
+
+
+@dataclass(frozen=True)
+class PoolMetric:
+    """How one psycopg_pool get_stats() key is exported."""
+
+    name: str  # the family's name; a counter's samples get `_total` appended
+    counter: bool
+    help: str
+    # get_stats() unit to the metric's: milliseconds to seconds.
+    scale: float = 1.0
+
+    @property
+    def sample_name(self) -> str:
+        """The name as it appears in the exposition text."""
+        return self.name + "_total" if self.counter else self.name
+
+
+def _pool(name: str, counter: bool, help_text: str, scale: float = 1.0) -> PoolMetric:
+    return PoolMetric(f"video_tasks_pool_{name}", counter, help_text, scale)
+
+
+# Every get_stats() key, by key. psycopg_pool leaves a counter out until it first moves;
+# these are always exported. A key not listed here (a newer psycopg_pool) is not exported
+# until it has a name here.
+POOL_METRICS: dict[str, PoolMetric] = {
+    "pool_min": _pool("min_connections", False, "Connections the pool keeps at least"),
+    "pool_max": _pool("max_connections", False, "Connections the pool opens at most"),
+    "pool_size": _pool("connections", False,
+                       "Connections in the pool now, lent out or being made"),
+    "pool_available": _pool("idle_connections", False, "Idle connections in the pool now"),
+    "requests_waiting": _pool("waiting_requests", False,
+                              "Requests waiting for a connection now"),
+    "requests_num": _pool("requests", True, "Connection requests"),
+    "requests_queued": _pool("queued_requests", True,
+                             "Connection requests that had to wait for a connection"),
+    "requests_wait_ms": _pool("request_wait_seconds", True,
+                              "Seconds requests waited for a connection", 0.001),
+    "requests_errors": _pool("request_errors", True,
+                             "Connection requests that failed (timeout, queue full): a 503"),
+    "usage_ms": _pool("usage_seconds", True, "Seconds connections were lent out", 0.001),
+    "returns_bad": _pool("bad_returns", True, "Connections returned in a bad state"),
+    "connections_num": _pool("connection_attempts", True,
+                             "Attempts to open a connection to PgBouncer"),
+    "connections_ms": _pool("connecting_seconds", True,
+                            "Seconds spent opening connections", 0.001),
+    "connections_errors": _pool("connection_errors", True,
+                                "Attempts to open a connection that failed"),
+    "connections_lost": _pool("lost_connections", True,
+                              "Broken connections found (by a check or a failed statement)"),
 }
 # Methods beyond these are counted as "other": the label must stay small.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -93,12 +141,12 @@ class ServiceMetrics:
         # Label lookups cost more than the increments: keep the children by key.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._db_up = 0
-        self._tasks: dict[str, int] | None = None
+        self._tasks: dict[tuple[str, bool], int] | None = None
         self._lag_s: float | None = None
         self.registry.register(_ScrapeCollector(self))
         ProcessCollector(registry=self.registry)
 
-    def observe_request(self, request: web.BaseRequest, status: int, seconds: float) -> None:
+    def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
         """A REQUEST_OBSERVERS_KEY hook: count and time one answered request."""
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else UNMATCHED_ROUTE
@@ -123,32 +171,45 @@ class ServiceMetrics:
             return
         try:
             async with asyncio.timeout(SCRAPE_DB_TIMEOUT_S):
-                counts = await tasks.count_by_status(self.pool)
+                rows = await tasks.count_for_metrics(self.pool,
+                                                     finished_window_s=FINISHED_WINDOW_S)
                 lag_s = await tasks.queue_lag_s(self.pool)
         except Exception as exc:  # the scrape answers whatever the database does
             logger.debug("metrics: database figures unavailable: %r", exc)
             self._db_up, self._tasks, self._lag_s = 0, None, None
             return
+        # Every status is exported, 0 when no row came back for it.
+        counts = {(status, False): 0 for status in UNFINISHED}
+        counts.update({(status, True): 0 for status in FINISHED})
+        counts.update({(row["status"], row["finished"]): row["tasks"] for row in rows})
         self._db_up, self._tasks, self._lag_s = 1, counts, lag_s
 
     def collect_scrape_time(self) -> Iterator[Metric]:
         if self.pool is not None:
             stats = self.pool.get_stats()
-            for key in sorted(set(POOL_STATS_KEYS) | set(stats)):
-                gauge = GaugeMetricFamily(
-                    f"video_tasks_pool_{key}",
-                    f"psycopg_pool get_stats() {key}: {POOL_STATS_HELP.get(key, key)}",
+            for key, metric in POOL_METRICS.items():
+                family = (CounterMetricFamily if metric.counter else GaugeMetricFamily)(
+                    metric.name, f"{metric.help} (psycopg_pool get_stats() {key})",
                     labels=["pool"])
-                gauge.add_metric([self.component], stats.get(key, 0))
-                yield gauge
+                family.add_metric([self.component], stats.get(key, 0) * metric.scale)
+                yield family
         yield GaugeMetricFamily("video_tasks_db_up",
                                 "1 if the database answered this scrape's queries",
                                 value=self._db_up)
         if self._tasks is not None:
-            gauge = GaugeMetricFamily("video_tasks_tasks", "Tasks by status", labels=["status"])
-            for status, count in sorted(self._tasks.items()):
-                gauge.add_metric([status], count)
-            yield gauge
+            unfinished = GaugeMetricFamily(
+                "video_tasks_queue_tasks",
+                f"Unfinished tasks by status ({', '.join(UNFINISHED)}), counted through "
+                "the partial indexes", labels=["status"])
+            finished = GaugeMetricFamily(
+                "video_tasks_finished_tasks_last_minute",
+                f"Tasks that finished in the last {FINISHED_WINDOW_S} s by status "
+                f"({', '.join(FINISHED)}), counted through the finished_at index: finished "
+                "tasks are not counted since the beginning", labels=["status"])
+            for (status, done), count in self._tasks.items():
+                (finished if done else unfinished).add_metric([status], count)
+            yield unfinished
+            yield finished
         if self._lag_s is not None:
             yield GaugeMetricFamily("video_tasks_queue_lag_seconds",
                                     "Seconds the oldest runnable pending task has waited",

@@ -2,33 +2,34 @@
 
 Runs straight against PostgreSQL (DATABASE_DIRECT_URL), never through PgBouncer: it uses
 an explicit transaction per migration and a transaction-level advisory lock, so two
-processes migrating at once apply each file exactly once.
+processes migrating at once apply each file exactly once. Its own statements are named
+in sql/ddl/migrate.sql; the migrations are the numbered files in migrations/.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cache
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from service import queries
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATE_SQL = Path(__file__).parent / "sql" / "ddl" / "migrate.sql"
 # Any constant both processes agree on; the lock lives until each transaction ends.
 MIGRATION_LOCK_KEY = 7_406_111
 
-CREATE_SCHEMA_MIGRATIONS = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    text PRIMARY KEY,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)"""
-LOCK = "SELECT pg_advisory_xact_lock(%(key)s)"
-IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = %(version)s"
-RECORD = "INSERT INTO schema_migrations (version) VALUES (%(version)s)"
+
+@cache
+def statements() -> dict[str, str]:
+    """The migrator's own named statements (not service.queries': they are not the app's)."""
+    return queries.parse(MIGRATE_SQL.read_text(encoding="utf-8"))
 
 
 def migration_files() -> list[Path]:
@@ -38,25 +39,26 @@ def migration_files() -> list[Path]:
 def migrate(settings: Settings) -> list[str]:
     """Apply pending migrations; returns the versions applied by this call."""
     applied = []
+    named = statements()
+    lock = {"key": MIGRATION_LOCK_KEY}
     with psycopg.connect(settings.database_direct_url, autocommit=True,
                          application_name="video-tasks-migrate") as conn:
-        # Migrations may take longer than the role's statement timeout meant for requests.
-        conn.execute("SET statement_timeout = 0")
+        conn.execute(named["disable_statement_timeout"])
         for path in migration_files():
             version = path.stem
             with conn.transaction():
-                conn.execute(LOCK, {"key": MIGRATION_LOCK_KEY})
-                conn.execute(CREATE_SCHEMA_MIGRATIONS)
-                if conn.execute(IS_APPLIED, {"version": version}).fetchone():
+                conn.execute(named["lock_migrations"], lock)
+                conn.execute(named["create_schema_migrations"])
+                if conn.execute(named["find_migration"], {"version": version}).fetchone():
                     continue
                 logger.info("applying migration %s", version)
                 conn.execute(path.read_text(encoding="utf-8"))
-                conn.execute(RECORD, {"version": version})
+                conn.execute(named["record_migration"], {"version": version})
                 applied.append(version)
         # Under the same lock: two concurrent ALTER ROLEs fail with "tuple concurrently
         # updated".
         with conn.transaction():
-            conn.execute(LOCK, {"key": MIGRATION_LOCK_KEY})
+            conn.execute(named["lock_migrations"], lock)
             set_role_timeouts(conn, settings)
     return applied
 
@@ -73,5 +75,5 @@ def set_role_timeouts(conn: psycopg.Connection, settings: Settings) -> None:
         "lock_timeout": settings.db_lock_timeout_ms,
     }
     for name, value_ms in timeouts.items():
-        conn.execute(sql.SQL("ALTER ROLE CURRENT_USER SET {} = {}").format(
-            sql.Identifier(name), sql.Literal(f"{int(value_ms)}ms")))
+        conn.execute(sql.SQL(statements()["set_role_timeout"]).format(
+            setting=sql.Identifier(name), value=sql.Literal(f"{int(value_ms)}ms")))

@@ -204,6 +204,21 @@ async def rescue_expired(pool: AsyncConnectionPool, *, max_attempts: int,
                               {"max_attempts": max_attempts, "limit": limit})
 
 
+async def delete_finished(pool: AsyncConnectionPool, *, older_than_days: int,
+                          limit: int) -> int:
+    """Retention: delete one batch of tasks finished that long ago; how many went."""
+    rows = await db.fetch_all(pool, "delete_finished_tasks",
+                              {"older_than_days": older_than_days, "limit": limit})
+    return len(rows)
+
+
+async def count_for_metrics(pool: AsyncConnectionPool, *,
+                            finished_window_s: float) -> list[dict[str, Any]]:
+    """Unfinished tasks by status, and tasks finished in the last window (no full scan)."""
+    return await db.fetch_all(pool, "count_tasks_for_metrics",
+                              {"finished_window_s": finished_window_s})
+
+
 async def count_by_status(pool: AsyncConnectionPool) -> dict[str, int]:
     rows = await db.fetch_all(pool, "count_tasks_by_status")
     counts = {status.value: 0 for status in Status}

@@ -1,13 +1,15 @@
-"""`python -m service doctor`: PostgreSQL, PgBouncer, the pools and the queue, checked.
+"""`video-tasks doctor`: PostgreSQL, PgBouncer, the pools and the queue, checked.
 
-    python -m service doctor            # a table; exit 0 healthy, 1 warnings, 2 critical
-    python -m service doctor --json     # the same for machines
-    python -m service doctor --watch    # refresh every second, like top (Ctrl-C stops)
+    video-tasks doctor            # a table; exit 0 healthy, 1 warnings, 2 critical
+    video-tasks doctor --json     # the same for machines
+    video-tasks doctor --watch    # refresh every second, like top (Ctrl-C stops)
 
 One sample reads PostgreSQL directly, PgBouncer's admin console twice a second apart
 (rates come from the totals' deltas) and the tasks table; every step is bounded by
-DOCTOR_TIMEOUT_S and an unreachable part is reported as such. ops/README.md explains
-each check by name.
+DOCTOR_TIMEOUT_S and an unreachable part is reported as such. The modules, in order:
+probe (one sample) → checks (one Finding per check: level, outcome, facts) → render (the
+sentences) → report (verdict, exit code, table and JSON). ops/README.md explains each
+check by name.
 """
 
 from __future__ import annotations

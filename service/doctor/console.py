@@ -1,30 +1,27 @@
 """Runbook steps on PgBouncer's admin console: RELOAD, PAUSE, RESUME.
 
-    python -m service.doctor.console reload            # re-read pgbouncer.ini, show changes
-    python -m service.doctor.console pause [DB] [--timeout S]
-    python -m service.doctor.console resume [DB]
+    video-tasks pgbouncer reload                # re-read pgbouncer.ini, show changes
+    video-tasks pgbouncer pause [DB] [--timeout S]
+    video-tasks pgbouncer resume [DB]
 
-PAUSE waits until every server connection of DB (all databases without DB) is released,
-then PgBouncer closes them: clients stay connected and queue until RESUME. If that takes
-longer than --timeout, the PAUSE is undone (RESUME) so the service does not stay
+(the command line is ops/cli.py; ops/pgbouncer-reload, -pause, -resume call it). PAUSE
+waits until every server connection of DB (all databases without DB) is released, then
+PgBouncer closes them: clients stay connected and queue until RESUME. If that takes
+longer than the timeout, the PAUSE is undone (RESUME) so the service does not stay
 half-paused; the doctor's pg_long_statements and pg_idle_in_transaction name what holds
-the connections. Exit code 0 done, 1 not done.
+the connections. Each returns the exit code: 0 done, 1 not done.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import logging
-import sys
 from typing import Any
 
 import psycopg
 
 from service import errors
 from service.doctor import pgbouncer
-from service.doctor.probe import describe_error
 from service.settings import Settings
 
 DEFAULT_PAUSE_TIMEOUT_S = 30.0
@@ -68,7 +65,7 @@ async def pause(settings: Settings, database: str | None, timeout_s: float) -> i
             busy = await _busy_servers(settings, database)
             print(f"PAUSE {target} did not finish in {timeout_s:g} s: {busy} server "
                   "connections still in a transaction. Undoing it with RESUME; run "
-                  "`python -m service doctor` (pg_long_statements, pg_idle_in_transaction) "
+                  "`video-tasks doctor` (pg_long_statements, pg_idle_in_transaction) "
                   "to see what holds them.")
             await resume(settings, database, quiet=True)
             # The pending PAUSE never answers now: drop its connection, then the task.
@@ -122,36 +119,3 @@ def _with_db(command: str, database: str | None) -> str:
     if not database.replace("_", "").isalnum():
         raise errors.ConfigError(f"not a database name: {database!r}")
     return f"{command} {database}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.doctor.console",
-                                     description="RELOAD, PAUSE or RESUME PgBouncer.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("reload", help="re-read pgbouncer.ini and show what changed")
-    for name in ("pause", "resume"):
-        sub = commands.add_parser(name, help=f"{name.upper()} one database or all")
-        sub.add_argument("database", nargs="?", help="a [databases] entry; default all")
-        if name == "pause":
-            sub.add_argument("--timeout", type=float, default=DEFAULT_PAUSE_TIMEOUT_S,
-                             help="seconds to wait for transactions to end (default 30)")
-    args = parser.parse_args(argv)
-    # psycopg logs abandoned statements; the messages here say what happened.
-    logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-    try:
-        settings = Settings.from_env()
-        if args.command == "reload":
-            return asyncio.run(reload(settings))
-        if args.command == "pause":
-            return asyncio.run(pause(settings, args.database, args.timeout))
-        return asyncio.run(resume(settings, args.database))
-    except errors.ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except (psycopg.Error, OSError, TimeoutError) as exc:
-        print(f"PgBouncer console: {describe_error(exc)}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,15 +10,19 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import psycopg
+
+# `SHOW <what>` as dicts keyed by column name; numbers as int or float.
+from service.show import show_async as show
 
 Row = dict[str, Any]
 
 # Databases of PgBouncer itself, not pools of the app.
 CONSOLE_DB = "pgbouncer"
+# How the doctor's connections show in SHOW CLIENTS and pg_stat_activity.
+APPLICATION_NAME = "video-tasks-doctor"
 # The version where SHOW STATS avg_wait_time became meaningful (PgBouncer PR #727).
 AVG_WAIT_FIXED_IN = (1, 23)
 
@@ -26,28 +30,12 @@ AVG_WAIT_FIXED_IN = (1, 23)
 async def connect(url: str, *, timeout_s: float) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(
         url, autocommit=True, cursor_factory=psycopg.AsyncClientCursor,
-        connect_timeout=max(1, round(timeout_s)), application_name="video-tasks-doctor")
-
-
-async def show(conn: psycopg.AsyncConnection[Any], what: str) -> list[Row]:
-    """`SHOW <what>` as dicts keyed by column name; numbers as int or float."""
-    cur = await conn.execute(f"SHOW {what}")
-    if cur.description is None:
-        return []
-    names = [column.name for column in cur.description]
-    return [{name: _number(value) for name, value in zip(names, row, strict=True)}
-            for row in await cur.fetchall()]
+        connect_timeout=max(1, round(timeout_s)), application_name=APPLICATION_NAME)
 
 
 async def command(conn: psycopg.AsyncConnection[Any], what: str) -> None:
     """RELOAD, PAUSE [db], RESUME [db]: console commands without a result."""
     await conn.execute(what)
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
 
 
 @dataclass

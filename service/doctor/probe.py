@@ -23,7 +23,7 @@ from service.settings import Settings, redact_url
 
 T = TypeVar("T")
 Row = dict[str, Any]
-APPLICATION_NAME = "video-tasks-doctor"
+APPLICATION_NAME = pgbouncer.APPLICATION_NAME
 CLOSE_TIMEOUT_S = 1.0
 
 
@@ -175,8 +175,10 @@ class Probe:
             self._direct = conn
             # A direct session is the doctor's own: bound its statements on the server too.
             # Not the role's setting, which doctor_pg_overview reads from pg_settings first.
-            self._role_statement_timeout_ms = await self._statement_timeout_ms(conn)
-            await conn.execute(f"SET statement_timeout = {int(self.timeout_s * 1000)}")
+            rows = await _fetch(conn, "doctor_role_statement_timeout")
+            self._role_statement_timeout_ms = int(rows[0]["statement_timeout_ms"]) if rows else 0
+            await _fetch(conn, "doctor_bound_session",
+                         {"timeout_ms": str(int(self.timeout_s * 1000))})
         return Ping(roundtrip_ms=await _roundtrip(self._direct), connect_ms=connect_ms)
 
     async def _ping_bouncer(self) -> Ping:
@@ -209,12 +211,6 @@ class Probe:
         except BaseException:
             await self._drop("console")
             raise
-
-    async def _statement_timeout_ms(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        cur = await conn.execute("SELECT setting::bigint FROM pg_settings "
-                                 "WHERE name = 'statement_timeout'")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
     async def _read_postgres(self, conn: psycopg.AsyncConnection[Any] | None,
                              via: str) -> PgState:
@@ -265,7 +261,7 @@ LONG_STATEMENT_FALLBACK_S = 30.0
 
 async def _roundtrip(conn: psycopg.AsyncConnection[Any]) -> float:
     started = time.perf_counter()
-    await conn.execute("SELECT 1")
+    await conn.execute(queries.get("ping"))
     return (time.perf_counter() - started) * 1000
 
 

@@ -1,4 +1,7 @@
-"""The doctor's report: verdict, exit code, and its table and JSON forms."""
+"""The doctor's report: the findings, the verdict and exit code, the table and JSON forms.
+
+The words come from service.doctor.render; this module only lays them out.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.doctor import pgbouncer
-from service.doctor.checks import Check, Level
+from service.doctor import pgbouncer, render
+from service.doctor.findings import Finding, Level
 from service.doctor.probe import Failure, Sample
 from service.settings import Settings
 
@@ -21,37 +24,29 @@ POOL_COLUMNS = ["database", "user", "cl_active", "cl_waiting", "sv_active", "sv_
 
 @dataclass
 class Report:
-    checks: list[Check]
+    findings: list[Finding]
     sample: Sample
     settings: Settings
 
     @property
     def exit_code(self) -> int:
         """0 healthy, 1 warnings, 2 critical."""
-        return max((c.severity for c in self.checks), default=0)
+        return max((f.severity for f in self.findings), default=0)
 
     @property
     def level(self) -> Level:
         return {0: Level.OK, 1: Level.WARNING, 2: Level.CRITICAL}[self.exit_code]
 
-    def check(self, name: str) -> Check:
-        return next(c for c in self.checks if c.name == name)
+    def finding(self, check: str) -> Finding:
+        return next(f for f in self.findings if f.check == check)
 
-    def problems(self) -> list[Check]:
-        """Checks that are not OK, the worst first."""
-        bad = [c for c in self.checks if c.severity > 0]
-        return sorted(bad, key=lambda c: -c.severity)
+    def problems(self) -> list[Finding]:
+        """Findings that are not OK, the worst first."""
+        bad = [f for f in self.findings if f.severity > 0]
+        return sorted(bad, key=lambda f: -f.severity)
 
     def verdict(self) -> str:
-        counts = []
-        for level in (Level.CRITICAL, Level.WARNING):
-            names = [c.name for c in self.checks if c.level is level]
-            if names:
-                word = level.value.lower() + ("s" if len(names) > 1
-                                              and level is Level.WARNING else "")
-                counts.append(f"{len(names)} {word} ({', '.join(names)})")
-        return (f"{self.level.value} — " + "; ".join(counts) if counts
-                else f"{self.level.value} — every check passed")
+        return render.verdict(self.level, self.findings)
 
     def to_json(self) -> dict[str, Any]:
         s = self.sample
@@ -59,8 +54,9 @@ class Report:
             "verdict": self.level.value,
             "exit_code": self.exit_code,
             "taken_at": datetime.fromtimestamp(s.taken_at, UTC).isoformat(),
-            "checks": [c.to_json() for c in self.checks],
-            "recommendations": [f"{c.name}: {c.fix}" for c in self.problems() if c.fix],
+            "checks": [finding_json(f) for f in self.findings],
+            "recommendations": [f"{f.check}: {render.fix(f)}" for f in self.problems()
+                                if render.fix(f)],
             "pgbouncer": (s.console.to_json() if isinstance(s.console, pgbouncer.Console)
                           else {"unreachable": s.console.reason}),
             "postgres": _part(s.postgres),
@@ -70,6 +66,13 @@ class Report:
                                           "pool_timeout", "worker_concurrency", "max_attempts",
                                           "lease_s", "db_"))},
         }
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    said = render.sentences(finding)
+    return {"name": finding.check, "section": finding.section, "level": finding.level.value,
+            "outcome": finding.outcome, "summary": said.summary, "fix": said.fix,
+            "data": finding.facts}
 
 
 def _part(part: Any) -> dict[str, Any]:
@@ -84,16 +87,16 @@ def render_table(report: Report, *, colour: bool = False, width: int | None = No
     when = datetime.fromtimestamp(report.sample.taken_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = [f"video-tasks doctor — {when}", ""]
     for section in SECTIONS:
-        checks = [c for c in report.checks if c.section == section]
-        if not checks:
+        findings = [f for f in report.findings if f.section == section]
+        if not findings:
             continue
         lines.append(paint(section.upper(), "1"))
-        for c in checks:
-            wrapped = _wrap("  " + c.line(), width)
+        for f in findings:
+            wrapped = _wrap("  " + render.line(f), width)
             # Colour after wrapping: escape codes would count as width.
-            head = f"{c.name}: {c.level.value}"
+            head = f"{f.check}: {f.level.value}"
             wrapped[0] = wrapped[0].replace(
-                head, f"{c.name}: {paint(c.level.value, COLOURS[c.level])}", 1)
+                head, f"{f.check}: {paint(f.level.value, COLOURS[f.level])}", 1)
             lines.extend(wrapped)
         lines.append("")
     console = report.sample.console
@@ -103,8 +106,9 @@ def render_table(report: Report, *, colour: bool = False, width: int | None = No
         lines.append("")
     lines.append(paint("VERDICT: ", "1") + paint(report.verdict(), COLOURS[report.level])
                  + f" (exit {report.exit_code})")
-    for number, c in enumerate((c for c in report.problems() if c.fix), start=1):
-        lines.extend(_wrap(f"{number}. {c.name}: {c.fix}", width, indent="  "))
+    fixes = [(f.check, render.fix(f)) for f in report.problems()]
+    for number, (check, fix) in enumerate(((c, x) for c, x in fixes if x), start=1):
+        lines.extend(_wrap(f"{number}. {check}: {fix}", width, indent="  "))
     return "\n".join(lines)
 
 

@@ -1,6 +1,9 @@
 -- What `python -m service doctor` reads from PostgreSQL, by name.
 -- Run straight to PostgreSQL when it can be reached (no PgBouncer queue in the way),
 -- otherwise through PgBouncer; every statement is read-only and cheap.
+-- "Running" is `lease_expires_at IS NOT NULL`: the lease CHECK makes a task have a lease
+-- exactly while it is generating, merging or uploading, and the lease index is partial on
+-- that same condition, so no statement spells the running statuses.
 
 -- doctor_pg_overview --
 -- Connection limits and the timeouts of this role (the app's role: the doctor uses its URL).
@@ -63,7 +66,8 @@ ORDER BY query_start
 LIMIT 10;
 
 -- doctor_tasks_last_hour --
--- The seed's first monitoring query: tasks per status created in the last hour.
+-- The original write-up's first monitoring query: tasks per status created in the last
+-- hour.
 SELECT status, count(*)::int AS tasks, max(created_at) AS latest
 FROM video_generation_tasks
 WHERE created_at > now() - interval '1 hour'
@@ -71,25 +75,26 @@ GROUP BY status
 ORDER BY status;
 
 -- doctor_tasks_running_too_long --
--- The seed's second query: tasks still generating/merging/uploading long after creation.
+-- The original write-up's second query: tasks still running long after creation.
 SELECT task_id, status, created_at,
        extract(epoch FROM now() - created_at)::float8 AS seconds_since_creation,
        worker_id, attempts, current_part, total_parts,
        count(*) OVER ()::int AS total
 FROM video_generation_tasks
-WHERE status IN ('generating', 'merging', 'uploading')
+WHERE lease_expires_at IS NOT NULL
   AND created_at < now() - make_interval(secs => %(older_than_s)s)
 ORDER BY created_at
 LIMIT 10;
 
 -- doctor_expired_leases --
--- Running tasks whose worker stopped renewing the lease; a worker's rescuer (every few
--- seconds) puts them back to pending, so rows that stay here mean no rescuer runs.
+-- Running tasks whose worker stopped renewing the lease (only running tasks have one); a
+-- worker's rescuer (every few seconds) puts them back to pending, so rows that stay here
+-- mean no rescuer runs.
 SELECT task_id, status, worker_id, attempts,
        extract(epoch FROM now() - lease_expires_at)::float8 AS overdue_s,
        count(*) OVER ()::int AS total
 FROM video_generation_tasks
-WHERE status IN ('generating', 'merging', 'uploading') AND lease_expires_at < now()
+WHERE lease_expires_at < now()
 ORDER BY lease_expires_at
 LIMIT 10;
 
@@ -103,7 +108,7 @@ SELECT
     (SELECT coalesce(extract(epoch FROM now() - min(run_after)), 0) FROM video_generation_tasks
      WHERE status = 'pending' AND run_after <= now())::float8 AS oldest_pending_s,
     (SELECT count(*) FROM video_generation_tasks
-     WHERE status IN ('generating', 'merging', 'uploading'))::int AS running,
+     WHERE lease_expires_at IS NOT NULL)::int AS running,
     (SELECT count(*) FROM video_generation_tasks
      WHERE finished_at > now() - interval '10 minutes' AND status = 'completed')::int
         AS completed_10m,
@@ -114,8 +119,18 @@ SELECT
     ((SELECT count(*) FROM video_generation_tasks
       WHERE status = 'pending' AND attempts >= %(max_attempts)s - 1)
      + (SELECT count(*) FROM video_generation_tasks
-        WHERE status IN ('generating', 'merging', 'uploading')
+        WHERE lease_expires_at IS NOT NULL
           AND attempts >= %(max_attempts)s))::int AS on_last_attempt,
     (SELECT count(*) FROM video_generation_tasks
      WHERE finished_at > now() - interval '1 hour' AND status = 'failed'
        AND attempts >= %(max_attempts)s)::int AS failed_out_of_attempts_1h;
+
+-- doctor_role_statement_timeout --
+-- Read on the doctor's own direct session before it bounds itself (next statement), so
+-- that the report shows the role's statement_timeout, not the doctor's.
+SELECT setting::bigint AS statement_timeout_ms FROM pg_settings WHERE name = 'statement_timeout';
+
+-- doctor_bound_session --
+-- The doctor's direct session is its own (not PgBouncer's): a session setting is safe,
+-- and bounds every later statement on the server too.
+SELECT set_config('statement_timeout', %(timeout_ms)s, false) AS statement_timeout;

@@ -5,7 +5,8 @@ One asyncio loop runs up to `worker_concurrency` tasks. Around them, small loops
 - claim: leases pending tasks with one SKIP LOCKED statement when a slot is free;
 - heartbeat: extends the leases of all running claims with one statement, and stops the
   runs whose claim is gone;
-- rescuer: puts tasks whose lease ran out (a dead or frozen worker) back to pending.
+- rescuer: puts tasks whose lease ran out (a dead or frozen worker) back to pending;
+- retention: deletes tasks finished more than RETENTION_DAYS ago, with their parts.
 
 A task's parts are made one after another from the parts ledger (service.parts): a part
 already stored is fetched from storage, a part whose remote task was created is polled,
@@ -24,7 +25,7 @@ import random
 import shutil
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from service.storage import ObjectStorage
 logger = logging.getLogger(__name__)
 
 RESCUE_INTERVAL_S = 5.0
+# Retention passes run this often (with jitter), and pause this long between full batches
+# so that the worker's own statements get the pool's connections in between.
+RETENTION_INTERVAL_S = 60.0
+RETENTION_PAUSE_S = 0.1
 # While the database is unreachable, a state write is retried this often.
 DB_RETRY_DELAY_S = 0.5
 RELEASE_TIMEOUT_S = 3.0
@@ -100,7 +105,8 @@ class Worker:
                     self.worker_id, self.settings.worker_concurrency, self.provider.name,
                     self.storage.name)
         helpers = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                   asyncio.create_task(self._rescue_loop(), name="rescuer")]
+                   asyncio.create_task(self._rescue_loop(), name="rescuer"),
+                   asyncio.create_task(self._retention_loop(), name="retention")]
         try:
             await self._claim_loop()
             await self._drain()
@@ -201,6 +207,36 @@ class Worker:
             except Exception:
                 logger.exception("rescue failed")
             await asyncio.sleep(jittered(RESCUE_INTERVAL_S))
+
+    async def _retention_loop(self) -> None:
+        """Delete tasks finished more than RETENTION_DAYS ago, and their parts ledger rows
+        (ON DELETE CASCADE), one short statement per batch of RETENTION_BATCH.
+
+        Every worker runs it; SKIP LOCKED lets them share a backlog. The objects in
+        storage (the videos and the parts) are not deleted here: a bucket lifecycle rule
+        or a cron job on MEDIA_DIR expires them (ops/README.md, "Retention").
+        """
+        days, batch = self.settings.retention_days, self.settings.retention_batch
+        if days <= 0:
+            return  # RETENTION_DAYS=0: keep finished tasks forever
+        while True:
+            deleted = 0
+            try:
+                while True:
+                    batch_deleted = await tasks.delete_finished(
+                        self.pool, older_than_days=days, limit=batch)
+                    deleted += batch_deleted
+                    if batch_deleted < batch:
+                        break
+                    await asyncio.sleep(RETENTION_PAUSE_S)
+            except errors.DatabaseUnavailable as exc:
+                logger.warning("retention failed: %s", exc)
+            except Exception:
+                logger.exception("retention failed")
+            if deleted:
+                logger.info("retention: deleted %d tasks finished more than %d days ago",
+                            deleted, days)
+            await asyncio.sleep(jittered(RETENTION_INTERVAL_S))
 
     # --- one task ---------------------------------------------------------------------
 
@@ -386,7 +422,7 @@ class Worker:
             self.failed += 1
 
     @contextlib.contextmanager
-    def _unrecorded(self, run: Run):  # type: ignore[no-untyped-def]
+    def _unrecorded(self, run: Run) -> Iterator[None]:
         """A failure that cannot be recorded is left to the lease: once it expires, the
         rescuer hands the task on."""
         try:
