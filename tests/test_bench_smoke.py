@@ -44,7 +44,7 @@ def test_bench_writes_json_plot_and_summary(bench_run):
     out = Path(bench_run["_out"])
     assert (out / "plot.png").stat().st_size > 10_000
     summary = (out / "summary.md").read_text()
-    assert "design (PgBouncer)" in summary and "direct (seed pools)" in summary
+    assert "design (PgBouncer)" in summary and "direct (write-up pools)" in summary
     meta = bench_run["meta"]
     assert meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"] is not None
     assert meta["pgbouncer"]["default_pool_size"] == POOL_SIZE
@@ -94,7 +94,8 @@ def test_server_connections_never_exceed_pgbouncer_pool_size(bench_run):
 
 def test_direct_mode_opens_its_own_connections_and_pgbench_gives_a_ceiling(bench_run):
     direct = bench_run["modes"]["direct"]
-    # The seed's pools (min 10 per process) straight to PostgreSQL: past PgBouncer's bound.
+    # The original write-up's pools (min 10 per process) straight to PostgreSQL: past
+    # PgBouncer's bound.
     assert direct["connections"]["pg_app_connections_max"] > POOL_SIZE
     assert direct["tasks_after_drain"]["lost"] == 0
     pgbench = bench_run["modes"]["pgbench"]

@@ -29,7 +29,7 @@ import pytest
 from ops.stack import Stack, port_open, wait_until
 from service import db, errors
 from service.settings import Settings
-from tests.helpers import SEED_REQUEST, ServiceProcess, ServiceProcesses, create_task
+from tests.helpers import WRITE_UP_REQUEST, ServiceProcess, ServiceProcesses, create_task
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,8 +50,8 @@ def render_log(stack: Stack) -> Path:
 
 @pytest.fixture
 async def healthy_stack(stack: Stack, pool) -> Any:
-    """Whatever a fault test did, leave PostgreSQL and PgBouncer up and the session's
-    pool working for the tests after it."""
+    """Whatever a fault test did, leave PostgreSQL and PgBouncer up for the tests after
+    it, and a pool through PgBouncer working again."""
     yield stack
     if not stack.postgres_pid():
         stack.start_postgres(log=lambda _msg: None)
@@ -212,7 +212,7 @@ class Burst:
         while not self.stop.is_set():
             if key is None:
                 key, number = uuid.uuid4().hex, number + 1
-            body = {**SEED_REQUEST, "duration": 10, "product_name": f"螺栓 {index}-{number}"}
+            body = {**WRITE_UP_REQUEST, "duration": 10, "product_name": f"螺栓 {index}-{number}"}
             answer, raw = await self._request(
                 "create", "POST", f"{self.base_url}/api/generate-video", json=body,
                 headers={"Idempotency-Key": key})
@@ -369,7 +369,7 @@ async def test_kill_9_mid_task_another_worker_resumes_at_the_next_unfinished_par
         processes, http, direct, settings, render_log):
     api = processes.start_api()
     first = processes.start_worker(**simulated(render_log, part_s=0.6))
-    ids = [(await create_task(http, api.url, {**SEED_REQUEST, "duration": 40}))["task_id"]
+    ids = [(await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 40}))["task_id"]
            for _ in range(3)]
     # Mid-task: every task has at least two of its eight parts done.
     await wait_rows(direct, ids, lambda r: r["current_part"] >= 2, 60, "two parts in")
@@ -401,7 +401,7 @@ async def test_a_frozen_worker_loses_its_lease_and_cannot_finish_the_task(
         processes, http, direct, settings, render_log):
     api = processes.start_api()
     frozen = processes.start_worker(**simulated(render_log, part_s=0.6))
-    task_id = (await create_task(http, api.url, {**SEED_REQUEST, "duration": 30}))["task_id"]
+    task_id = (await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 30}))["task_id"]
     await wait_rows(direct, [task_id], lambda r: r["current_part"] >= 1, 60, "one part in")
     frozen.signal(signal.SIGSTOP)
     try:
@@ -414,7 +414,10 @@ async def test_a_frozen_worker_loses_its_lease_and_cannot_finish_the_task(
     while "claim lost" not in frozen.log():
         assert time.monotonic() < deadline, frozen.log()[-3000:]
         await asyncio.sleep(0.1)
-    await asyncio.sleep(1.5)  # time for it to do damage, if it could
+    # Stopped (and so done with whatever it still had to say), not given "long enough":
+    # from here on the database holds everything it did.
+    frozen.signal(signal.SIGTERM)
+    assert await wait_exit(frozen, 30) == 0, frozen.log()[-3000:]
     assert_completed_once(direct, settings, [task_id])
     assert rows(direct, [task_id])[task_id]["attempts"] == 2
 
@@ -438,7 +441,7 @@ async def test_an_outage_longer_than_the_lease_runs_the_task_once_and_parts_neve
     api = processes.start_api()
     # Parts long enough that the old run is still mid-part when the database is back.
     worker = processes.start_worker(**simulated(render_log, part_s=3.0))
-    task_id = (await create_task(http, api.url, {**SEED_REQUEST, "duration": 25}))["task_id"]
+    task_id = (await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 25}))["task_id"]
     await wait_rows(direct, [task_id], lambda r: r["current_part"] >= 1, 60, "one part in")
 
     seen: list[int] = []
@@ -485,7 +488,7 @@ async def test_sigterm_hands_the_task_back_and_another_worker_finishes_it(
     api = processes.start_api()
     first = processes.start_worker(**simulated(render_log, part_s=0.6),
                                    worker_concurrency=2)
-    ids = [(await create_task(http, api.url, {**SEED_REQUEST, "duration": 40}))["task_id"]
+    ids = [(await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 40}))["task_id"]
            for _ in range(3)]
     running = await wait_all(
         direct, ids, lambda found: sum(r["current_part"] >= 1 for r in found.values()) == 2,
@@ -527,7 +530,7 @@ async def test_sigterm_hands_back_a_stage_that_outlasts_the_grace_period(
         processes, http, direct, settings, render_log):
     api = processes.start_api()
     slow = processes.start_worker(**simulated(render_log, part_s=60), shutdown_grace_s=1)
-    task_id = (await create_task(http, api.url, {**SEED_REQUEST, "duration": 10}))["task_id"]
+    task_id = (await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 10}))["task_id"]
     await wait_rows(direct, [task_id], lambda r: r["status"] == "generating", 30, "claimed")
     t0 = time.monotonic()
     slow.signal(signal.SIGTERM)
@@ -545,7 +548,7 @@ async def test_a_second_sigterm_exits_at_once_and_the_lease_covers_the_task(
         processes, http, direct, settings, render_log):
     api = processes.start_api()
     first = processes.start_worker(**simulated(render_log, part_s=60))
-    task_id = (await create_task(http, api.url, {**SEED_REQUEST, "duration": 10}))["task_id"]
+    task_id = (await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 10}))["task_id"]
     await wait_rows(direct, [task_id], lambda r: r["status"] == "generating", 30, "claimed")
     first.signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
@@ -571,7 +574,7 @@ async def test_a_provider_that_fails_twice_is_retried_and_the_task_completes(
     api = processes.start_api()
     worker = processes.start_worker(**simulated(render_log, part_s=0.1),
                                     simulated_fail_first=2, max_attempts=3)
-    task_id = (await create_task(http, api.url, {**SEED_REQUEST, "duration": 10}))["task_id"]
+    task_id = (await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 10}))["task_id"]
     await wait_rows(direct, [task_id], lambda r: r["status"] in TERMINAL, 60, "finished")
     assert_completed_once(direct, settings, [task_id])
     row = rows(direct, [task_id])[task_id]
@@ -592,7 +595,7 @@ async def test_a_provider_that_always_fails_fails_the_task_after_max_attempts(
     api = processes.start_api()
     worker = processes.start_worker(**simulated(render_log, part_s=0.1),
                                     simulated_fail_always=True, max_attempts=3)
-    task_id = (await create_task(http, api.url, {**SEED_REQUEST, "duration": 10}))["task_id"]
+    task_id = (await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 10}))["task_id"]
     await wait_rows(direct, [task_id], lambda r: r["status"] in TERMINAL, 60, "finished")
     row = rows(direct, [task_id])[task_id]
     assert row["status"] == "failed" and row["attempts"] == 3, row
@@ -734,7 +737,7 @@ async def test_api_sigterm_drains_in_flight_requests_and_exits_0(
     answers: list[int] = []
 
     async def request(number: int) -> None:
-        body = {**SEED_REQUEST, "product_name": f"drain {number}"}
+        body = {**WRITE_UP_REQUEST, "product_name": f"drain {number}"}
         async with http.post(f"{api.url}/api/generate-video", json=body) as resp:
             answers.append(resp.status)
             await resp.read()
@@ -767,7 +770,8 @@ async def wait_for_lock_waiters(settings: Settings, count: int) -> None:
     def waiting() -> bool:
         with psycopg.connect(settings.database_direct_url, autocommit=True) as probe:
             return probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user "
+                "AND datname = current_database() "
                 "AND wait_event_type = 'Lock'").fetchone()[0] >= count
 
     await asyncio.to_thread(wait_until, waiting, 10, f"{count} statements waiting")

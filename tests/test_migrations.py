@@ -77,13 +77,71 @@ def test_every_named_statement_parses_in_postgresql(direct):
             assert cur.fetchall(), name
 
 
-def test_claim_uses_the_partial_index(direct):
-    with direct.transaction(force_rollback=True):
-        direct.execute("SET LOCAL enable_seqscan = off")
-        plan = "\n".join(row[0] for row in direct.execute(
-            "EXPLAIN " + queries.get("claim_tasks"),
-            {"worker_id": "w", "limit": 4, "lease_s": 30, "running": []}))
-    assert "video_generation_tasks_claim_idx" in plan, plan
+# A queue after some weeks: many finished tasks (each with its claim in the audit), a
+# backlog of pending ones, some running with a few leases already expired.
+REALISTIC_QUEUE = [
+    """WITH finished AS (
+           INSERT INTO video_generation_tasks (task_id, product_name, theme, duration,
+               total_parts, status, progress, current_part, video_url, attempts, created_at,
+               run_after, finished_at)
+           SELECT gen_random_uuid(), 'p', 't', 10, 2, 'completed', 100, 2, 'http://x/v.mp4',
+                  1, now() - i * interval '1 minute', now() - i * interval '1 minute',
+                  now() - i * interval '1 minute' + interval '30 s'
+           FROM generate_series(1, 50000) AS i
+           RETURNING task_id)
+       INSERT INTO video_task_attempts (claim_token, task_id, worker_id, outcome, ended_at)
+       SELECT gen_random_uuid(), task_id, 'w', 'completed', now() FROM finished""",
+    """INSERT INTO video_generation_tasks (task_id, product_name, theme, duration, total_parts,
+           created_at, run_after)
+       SELECT gen_random_uuid(), 'p', 't', 10, 2, now() - i * interval '1 s',
+              now() + (50 - i) * interval '1 s'
+       FROM generate_series(1, 100) AS i""",
+    """WITH running AS (
+           INSERT INTO video_generation_tasks (task_id, product_name, theme, duration,
+               total_parts, status, worker_id, claim_token, lease_expires_at, attempts)
+           SELECT gen_random_uuid(), 'p', 't', 10, 2, 'generating', 'w', gen_random_uuid(),
+                  now() + (i - 5) * interval '1 s', 1
+           FROM generate_series(1, 20) AS i
+           RETURNING task_id, claim_token)
+       INSERT INTO video_task_attempts (claim_token, task_id, worker_id)
+       SELECT claim_token, task_id, 'w' FROM running""",
+    "ANALYZE video_generation_tasks",
+    "ANALYZE video_task_attempts",
+]
+
+
+def test_claim_and_rescue_use_their_indexes_on_a_realistic_queue(direct):
+    """With real statistics, not a planner told to avoid sequential scans: the claim and
+    the rescuer, which every worker runs every poll, read through their partial indexes
+    and never scan the tasks or the attempts."""
+    for statement in REALISTIC_QUEUE:
+        direct.execute(statement)
+
+    def plan(name: str, params: dict) -> str:
+        return "\n".join(row[0] for row in direct.execute("EXPLAIN " + queries.get(name),
+                                                          params))
+
+    claim = plan("claim_tasks", {"worker_id": "w", "limit": 4, "lease_s": 30, "running": []})
+    assert "Index Scan using video_generation_tasks_claim_idx" in claim, claim
+    assert "Seq Scan" not in claim, claim
+    rescue = plan("rescue_expired_tasks", {"max_attempts": 3, "limit": 100})
+    assert "Index Scan using video_generation_tasks_lease_idx" in rescue, rescue
+    assert "Seq Scan" not in rescue, rescue
+
+
+def test_a_test_database_is_a_copy_of_the_migrated_and_provisioned_template(direct, settings):
+    """What conftest's template gives every test: all migrations, and PgBouncer's auth
+    lookup (its auth_query runs in the database the client asks for)."""
+    assert applied_versions(settings.database_direct_url) == [
+        path.stem for path in migrate.migration_files()]
+    assert direct.execute(
+        "SELECT p.prosecdef, r.rolsuper FROM pg_proc p JOIN pg_namespace n "
+        "ON n.oid = p.pronamespace JOIN pg_roles r ON r.oid = p.proowner "
+        "WHERE n.nspname = 'pgbouncer' AND p.proname = 'user_lookup'").fetchall() == [
+            (True, True)]
+    with psycopg.connect(settings.database_url, prepare_threshold=None) as through_pgbouncer:
+        assert through_pgbouncer.execute("SELECT current_database()").fetchone() == (
+            direct.info.dbname,)
 
 
 def _placeholders(text: str) -> set[str]:

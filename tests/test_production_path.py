@@ -23,7 +23,7 @@ import pytest
 from ops.stack import free_port
 from tests.fakes.ark import FakeArk
 from tests.fakes.s3 import MotoS3
-from tests.helpers import SEED_REQUEST, create_task, wait_for_status
+from tests.helpers import WRITE_UP_REQUEST, create_task, wait_for_status
 
 pytestmark = pytest.mark.asyncio
 
@@ -71,12 +71,12 @@ def probe(data: bytes) -> tuple[str, tuple[int, int], Fraction, int]:
                 Fraction(container.duration, 1_000_000), frames)
 
 
-async def test_seed_example_through_ark_and_s3_ends_completed_with_a_playable_video(
+async def test_write_up_example_through_ark_and_s3_ends_completed_with_a_playable_video(
         processes, http, pool, direct, fake_ark, moto_s3, ark_s3):
     # Short-lived presigned URLs, so the test sees progress sign a fresh one.
     api = processes.start_api(**ark_s3, s3_presign_ttl_s=2)
     processes.start_worker(**ark_s3)
-    request = {**SEED_REQUEST, "product_name": unique("高强度螺栓"), "duration": 12}
+    request = {**WRITE_UP_REQUEST, "product_name": unique("高强度螺栓"), "duration": 12}
     created = await create_task(http, api.url, request)
     row = await wait_for_status(pool, created["task_id"], {"completed", "failed"}, 90)
     assert row["status"] == "completed", row
@@ -131,7 +131,7 @@ async def test_a_worker_killed_mid_task_is_resumed_elsewhere_without_creating_a_
     fake_ark.when(product, running_s=1.5)
     api = processes.start_api(**ark_s3)
     first = processes.start_worker(**ark_s3, work_dir=tmp_path / "host-a")
-    created = await create_task(http, api.url, {**SEED_REQUEST, "product_name": product,
+    created = await create_task(http, api.url, {**WRITE_UP_REQUEST, "product_name": product,
                                                 "duration": 15})
     task_id = created["task_id"]
     parts = await wait_ledger(
@@ -162,7 +162,7 @@ async def test_content_rejected_by_the_provider_fails_the_task_at_once(
     fake_ark.when(product, reject_create="InputTextSensitiveContentDetected")
     api = processes.start_api(**ark_s3)
     processes.start_worker(**ark_s3)
-    created = await create_task(http, api.url, {**SEED_REQUEST, "product_name": product})
+    created = await create_task(http, api.url, {**WRITE_UP_REQUEST, "product_name": product})
     row = await wait_for_status(pool, created["task_id"], {"completed", "failed"}, 60)
     assert row["status"] == "failed", row
     # No retries: the first attempt ended it, with a sentence a person can read.
@@ -182,7 +182,7 @@ async def test_a_lost_create_answer_is_never_resent_and_its_duplicate_is_counted
     api = processes.start_api(**ark_s3)
     metrics_port = free_port()
     processes.start_worker(**ark_s3, retry_base_delay_s=0.2, worker_metrics_port=metrics_port)
-    created = await create_task(http, api.url, {**SEED_REQUEST, "product_name": product})
+    created = await create_task(http, api.url, {**WRITE_UP_REQUEST, "product_name": product})
     row = await wait_for_status(pool, created["task_id"], {"completed", "failed"}, 60)
     assert row["status"] == "completed", row
     assert row["attempts"] == 2
@@ -201,7 +201,7 @@ async def test_a_clip_url_that_expired_before_download_gets_a_new_remote_task(
     fake_ark.when(product, url_ttl_s=0.0)
     api = processes.start_api(**ark_s3)
     processes.start_worker(**ark_s3, retry_base_delay_s=0.2, max_attempts=2)
-    created = await create_task(http, api.url, {**SEED_REQUEST, "product_name": product})
+    created = await create_task(http, api.url, {**WRITE_UP_REQUEST, "product_name": product})
     row = await wait_for_status(pool, created["task_id"], {"completed", "failed"}, 60)
     # Every remote task's URL expires at once, so both attempts fail; each created anew.
     assert row["status"] == "failed", row

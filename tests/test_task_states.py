@@ -1,14 +1,38 @@
 """The status vocabulary: every statement, run against a task in every status, makes only
-the moves in tasks.TRANSITIONS, and only for the worker holding the lease."""
+the moves in tasks.TRANSITIONS, and only for the worker holding the lease.
+
+More than a hundred small cases, each in one transaction rolled back at the end: they
+share one copy of the template database for the module (a copy per case would add its
+creation and drop to every one of them), and each starts by checking that the copy is
+still empty, so no case can see another's rows.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from psycopg import sql
 
 from service import queries, tasks
 from service.tasks import Status
+from tests.conftest import DatabaseCopy, Databases
+
+
+@pytest.fixture(scope="module")
+def database(databases: Databases) -> Iterator[DatabaseCopy]:
+    with databases.copy(__name__.rsplit(".", 1)[-1]) as module_db:
+        yield module_db
+
+
+@pytest.fixture(autouse=True)
+def empty_queue(direct) -> None:
+    """Every case rolls back, so each finds the module's database as the template made it:
+    alone in the queue, claim and rescue see only the case's own task."""
+    for table in ("video_generation_tasks", "video_task_parts", "video_task_attempts"):
+        count = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        assert direct.execute(count).fetchone() == (0,), table
 
 WORKER = "worker-under-test"
 # The claim under test; rows "owned by another claim" carry a different token.
@@ -80,8 +104,6 @@ def test_statements_make_exactly_the_expected_moves(direct, statement, start):
     # Rescue acts on expired leases; every other statement on a live one.
     lease = "-1 minute" if name == "rescue_expired_tasks" else "1 minute"
     with direct.transaction(force_rollback=True):
-        # Alone in the queue, so claim and rescue see only this task.
-        direct.execute("DELETE FROM video_generation_tasks")
         task_id = insert(direct, start, lease=lease)
         direct.execute(queries.get(name), {"task_id": task_id, **STATEMENTS[statement]})
         end = status_of(direct, task_id)
@@ -129,7 +151,6 @@ def test_an_expired_lease_is_dead_even_for_its_own_claim(direct, statement, star
 
 def test_a_claim_never_takes_a_task_the_worker_still_runs(direct):
     with direct.transaction(force_rollback=True):
-        direct.execute("DELETE FROM video_generation_tasks")
         mine, other = insert(direct, Status.PENDING), insert(direct, Status.PENDING)
         params = {**STATEMENTS["claim_tasks"], "running": [mine]}
         claimed = direct.execute(queries.get("claim_tasks"), params).fetchall()
@@ -160,7 +181,6 @@ def test_a_claim_that_ends_records_how_in_the_attempts_audit(direct, statement):
     start = Status.UPLOADING  # every one of these statements ends a claim from here
     lease = "-1 minute" if statement == "rescue_expired_tasks" else "1 minute"
     with direct.transaction(force_rollback=True):
-        direct.execute("DELETE FROM video_generation_tasks")
         task_id = insert(direct, start, lease=lease)
         direct.execute("INSERT INTO video_task_attempts (claim_token, task_id, worker_id) "
                        "VALUES (%s, %s, %s)", [TOKEN, task_id, WORKER])
@@ -173,7 +193,6 @@ def test_a_claim_that_ends_records_how_in_the_attempts_audit(direct, statement):
 
 def test_a_claim_opens_an_attempt(direct):
     with direct.transaction(force_rollback=True):
-        direct.execute("DELETE FROM video_generation_tasks")
         task_id = insert(direct, Status.PENDING)
         (row,) = direct.execute(queries.get("claim_tasks"), STATEMENTS["claim_tasks"]).fetchall()
         audit = direct.execute("SELECT task_id, worker_id, outcome FROM video_task_attempts "

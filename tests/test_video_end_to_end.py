@@ -1,4 +1,5 @@
-"""The seed's example, end to end: API -> PostgreSQL queue -> worker -> ffmpeg -> video URL."""
+"""The original write-up's example, end to end: API -> PostgreSQL queue -> worker -> ffmpeg ->
+video URL."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from fractions import Fraction
 import av
 import pytest
 
-from tests.helpers import SEED_REQUEST, create_task, wait_for_status
+from tests.helpers import WRITE_UP_REQUEST, create_task, wait_for_status
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_seed_example_completes_with_a_playable_h264_video(processes, http, pool):
+async def test_write_up_example_completes_with_a_playable_h264_video(processes, http, pool):
     api = processes.start_api()
     processes.start_worker(video_provider="ffmpeg")
-    created = await create_task(http, api.url, SEED_REQUEST)
+    created = await create_task(http, api.url, WRITE_UP_REQUEST)
 
     await wait_for_status(pool, created["task_id"], {"completed", "failed"}, timeout_s=90)
     async with http.get(f"{api.url}/api/progress/{created['task_id']}") as resp:
@@ -48,7 +49,7 @@ async def test_multi_part_video_is_merged_in_order_to_the_full_duration(processe
                                                                         settings):
     api = processes.start_api()
     processes.start_worker(video_provider="ffmpeg")
-    created = await create_task(http, api.url, {**SEED_REQUEST, "duration": 12,
+    created = await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 12,
                                                  "product_name": "Steel bolt M12 高强度"})
     assert created["total_parts"] == 3
     row = await wait_for_status(pool, created["task_id"], {"completed", "failed"}, timeout_s=120)
