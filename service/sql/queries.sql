@@ -93,7 +93,8 @@ RETURNING claim_token;
 -- stage it is already in matches too, so a retried statement finds its own change.
 UPDATE video_generation_tasks
 SET status = %(status)s,
-    progress = %(progress)s,
+    -- Never back: a run resumed after a retry from uploading merges again.
+    progress = greatest(progress, %(progress)s),
     lease_expires_at = now() + make_interval(secs => %(lease_s)s),
     updated_at = now()
 WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
