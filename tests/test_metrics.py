@@ -138,8 +138,13 @@ async def test_worker_serves_its_metrics_on_its_own_port(processes, http):
             await asyncio.sleep(0.1)
         url = f"http://127.0.0.1:{port}/metrics"
         first = await scrape(http, url)
-        await asyncio.sleep(1)  # the claim loop polls meanwhile
+        # The idle claim loop polls the database: its pool's request count must grow.
         second = await scrape(http, url)
+        while (value(second, "video_tasks_pool_requests_total", pool="worker")
+               <= value(first, "video_tasks_pool_requests_total", pool="worker")):
+            assert time.monotonic() < deadline, worker.log()
+            await asyncio.sleep(0.1)
+            second = await scrape(http, url)
     finally:
         # SIGTERM: the worker hands unfinished tasks back instead of leaving leases.
         worker.signal(signal.SIGTERM)
