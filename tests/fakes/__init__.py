@@ -2,4 +2,6 @@
 
 - tests.fakes.ark: Volcengine Ark's content-generation (video) task API.
 - tests.fakes.s3: an S3 server (moto in server mode).
+- tests.fakes.wechat: WeChat's server APIs (login, access token, content check, subscribe
+  messages).
 """
