@@ -68,7 +68,6 @@ import os
 import re
 import secrets
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -78,6 +77,8 @@ from typing import Any
 
 import imageio_ffmpeg
 from aiohttp import web
+
+from tests.fakes.threaded import ServedInThread
 
 API_PREFIX = "/api/v3"
 TASKS_PATH = API_PREFIX + "/contents/generations/tasks"
@@ -544,7 +545,7 @@ async def running_fake_ark(**kwargs: Any) -> AsyncIterator[FakeArk]:
         await fake.stop()
 
 
-class FakeArkThread:
+class FakeArkThread(ServedInThread[FakeArk]):
     """A FakeArk served by its own event loop in a daemon thread, for sync code.
 
     `with FakeArkThread(**kwargs) as fake:` yields the FakeArk (started). Its switches may be
@@ -553,44 +554,7 @@ class FakeArkThread:
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        self.fake = FakeArk(**kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> FakeArk:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="fake-ark", daemon=True)
-        self._thread.start()
-        self._run(self.fake.start())
-        return self.fake
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            self._run(self.fake.stop())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        loop.close()
-        self._loop = self._thread = None
-
-    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """fn(*args, **kwargs) on the server's loop thread; its result."""
-        async def run() -> Any:
-            return fn(*args, **kwargs)
-        return self._run(run())
-
-    def _run(self, coro: Any, timeout: float = 10) -> Any:
-        assert self._loop is not None, "FakeArkThread is not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def __enter__(self) -> FakeArk:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(FakeArk(**kwargs), name="fake-ark")
 
 
 def main() -> None:

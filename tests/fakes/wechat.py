@@ -81,6 +81,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.threaded import ServedInThread
+
 DEFAULT_APPID = "wx-fake"
 DEFAULT_SECRET = "fake-secret"
 APIS = ("jscode2session", "stable_token", "msg_sec_check", "subscribe_send")
@@ -462,7 +464,7 @@ async def running_fake_wechat(**kwargs: Any) -> AsyncIterator[FakeWeChat]:
         await fake.stop()
 
 
-class FakeWeChatThread:
+class FakeWeChatThread(ServedInThread[FakeWeChat]):
     """A FakeWeChat served by its own event loop in a daemon thread, for sync code.
 
     `with FakeWeChatThread(**kwargs) as fake:` yields the FakeWeChat (started); its
@@ -470,39 +472,7 @@ class FakeWeChatThread:
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        self.fake = FakeWeChat(**kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> FakeWeChat:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="fake-wechat",
-                                        daemon=True)
-        self._thread.start()
-        self._run(self.fake.start())
-        return self.fake
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            self._run(self.fake.stop())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        loop.close()
-        self._loop = self._thread = None
-
-    def _run(self, coro: Any, timeout: float = 10) -> Any:
-        assert self._loop is not None, "FakeWeChatThread is not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def __enter__(self) -> FakeWeChat:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(FakeWeChat(**kwargs), name="fake-wechat")
 
 
 def main() -> None:
