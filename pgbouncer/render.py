@@ -55,6 +55,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "unix_socket_dir": ("", "text"),
     # Set when started as root: PgBouncer refuses to run as root and switches to this user.
     "run_as": ("", "text"),
+    # 1: any database name is routed to the same PostgreSQL (the tests' database per test).
+    "any_database": ("0", "int"),
 }
 
 
@@ -78,6 +80,8 @@ def validate(values: Mapping[str, str]) -> list[str]:
             problems.append(f"{label} must not contain quotes, ';' or newlines")
     if not problems:
         ints = {name: int(values[name]) for name, (_, kind) in SETTINGS.items() if kind == "int"}
+        if ints["any_database"] not in (0, 1):
+            problems.append("PGBOUNCER_ANY_DATABASE must be 0 or 1")
         if ints["default_pool_size"] < 1:
             problems.append("PGBOUNCER_DEFAULT_POOL_SIZE must be at least 1")
         if ints["max_db_connections"] and ints["max_db_connections"] < ints["default_pool_size"]:
@@ -115,6 +119,8 @@ def render(values: Mapping[str, str], out_dir: Path) -> tuple[Path, Path]:
         pidfile=f"{run_dir}/pgbouncer.pid",
         logfile=f"{run_dir}/pgbouncer.log",
         run_as_user=f"user = {values['run_as']}" if values["run_as"] else "",
+        any_database_entry=(f"* = host={values['db_host']} port={values['db_port']}"
+                            if values["any_database"] == "1" else ""),
         # The console users only authenticate clients, so a SCRAM verifier is enough for
         # them. The auth user logs into PostgreSQL itself and needs its password.
         admin_secret=scram_secret(values["admin_password"]),

@@ -74,7 +74,8 @@ def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="video-tasks-test-", dir="/tmp"))
     stack = Stack.on_free_ports(
         root,
-        pgbouncer_env={"PGBOUNCER_DEFAULT_POOL_SIZE": str(TEST_POOL_SIZE),
+        pgbouncer_env={"PGBOUNCER_ANY_DATABASE": "1",
+                       "PGBOUNCER_DEFAULT_POOL_SIZE": str(TEST_POOL_SIZE),
                        "PGBOUNCER_MAX_DB_CONNECTIONS": str(TEST_POOL_SIZE + 4),
                        "PGBOUNCER_RESERVE_POOL_SIZE": "0",
                        "PGBOUNCER_MAX_CLIENT_CONN": "400"},
@@ -176,6 +177,12 @@ class Databases:
         wait 100 ms for every session it signals. Its PgBouncer pool is freed a moment
         later (autodb_idle_timeout), so PgBouncer's server connections never add up
         across the session's databases."""
+        # PgBouncer first: KILL drops its client and server connections to the database,
+        # so its pool is empty (and freed) at once rather than holding idle server
+        # connections to a database that no longer exists until server_idle_timeout.
+        with contextlib.suppress(psycopg.Error), psycopg.connect(
+                self.stack.settings.pgbouncer_admin_url, autocommit=True) as console:
+            console.execute(sql.SQL("KILL {}").format(sql.Identifier(name)))
         with self._admin() as admin:
             sessions = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                         "WHERE datname = %s AND pid <> pg_backend_pid()")
