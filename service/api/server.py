@@ -231,9 +231,13 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         running = [s.process for s in self.slots if s.process is not None]
-        for process in running:
-            if process.is_alive() and process.pid:
-                os.kill(process.pid, signal.SIGTERM)
+        for slot in self.slots:
+            process = slot.process
+            if process is None or not process.is_alive() or not process.pid:
+                continue
+            # A child still starting serves nothing yet and may not have its SIGTERM handler
+            # (or may sit in the pool's open): it is stopped outright, not drained.
+            os.kill(process.pid, signal.SIGTERM if slot.listened else signal.SIGKILL)
         deadline = time.monotonic() + KILL_AFTER_S
         for process in running:
             process.join(max(0.0, deadline - time.monotonic()))
@@ -243,7 +247,8 @@ class Supervisor:
                 process.kill()
                 process.join()
             code = exit_code(process)
-            if code and not self.result:
+            # A child stopped outright because it was still starting stopped as asked.
+            if code and code != 128 + signal.SIGKILL and not self.result:
                 self.result = code
         if self.stopping is not None:
             logger.info("api: stopped (%s), exit %d", signal.Signals(self.stopping).name,
