@@ -46,6 +46,7 @@ def insert_script() -> str:
     sql = queries.get("create_task")
     sql = sql.replace("%(task_id)s", TASK_ID_NEW)
     sql = sql.replace("%(idempotency_key)s", "NULL::text")
+    sql = sql.replace("%(owner_openid)s", "NULL::text")
     sql = sql.replace("%(duration)s", ":duration").replace("%(total_parts)s", ":total_parts")
     for name in STRING_VARIABLES:
         sql = sql.replace(f"%({name})s", f":{name}")

@@ -39,7 +39,10 @@ LOCAL_ADMIN_USER = "pgbouncer_admin:admin-local-password"
 
 # Shown as *** by describe(); URLs with passwords are redacted instead.
 SECRET_FIELDS = frozenset({"metrics_token", "ark_api_key", "aws_access_key_id",
-                           "aws_secret_access_key"})
+                           "aws_secret_access_key", "wechat_secret", "auth_token_secret",
+                           "auth_token_previous_secrets"})
+# Signs the local stack's login tokens; production sets its own AUTH_TOKEN_SECRET.
+LOCAL_AUTH_TOKEN_SECRET = "local-stack-token-secret-not-for-production"
 VIDEO_PROVIDERS = ("ffmpeg", "ark", "simulated")
 STORAGE_BACKENDS = ("local", "s3")
 S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
@@ -152,6 +155,23 @@ class Settings:
     # The standard variables; empty: botocore's own chain (instance role, ~/.aws).
     aws_access_key_id: str = field(default="", repr=False)
     aws_secret_access_key: str = field(default="", repr=False)
+
+    # The mini-program's users. WeChat's server APIs (login, later content checks).
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    # Empty: POST /api/login answers 503 (no WeChat app configured).
+    wechat_appid: str = ""
+    wechat_secret: str = field(default="", repr=False)
+    wechat_timeout_s: float = 5.0
+    # Requests must carry `Authorization: Bearer <token>` from POST /api/login. Off on the
+    # local stack, so the write-up's unauthenticated curl keeps working.
+    auth_required: bool = False
+    # Behind WeChat Cloud Run: trust the platform's X-WX-OPENID header as the caller.
+    auth_trust_wx_openid_header: bool = False
+    # Signs the app's own login tokens (HMAC-SHA256, at least 32 bytes); old secrets, comma
+    # separated, are still accepted while tokens signed with them live.
+    auth_token_secret: str = field(default=LOCAL_AUTH_TOKEN_SECRET, repr=False)
+    auth_token_previous_secrets: str = field(default="", repr=False)
+    auth_token_ttl_s: int = 259200
 
     media_dir: Path = PROJECT_DIR / ".stack" / "media"
     # Where parts are rendered before merging; must be shared by the workers of one host.
@@ -336,6 +356,12 @@ def _validate(s: Settings) -> list[str]:
     for name in ("ark_part_deadline_s", "ark_poll_interval_s", "ark_request_timeout_s"):
         if getattr(s, name) <= 0:
             problems.append(f"{name.upper()} must be positive")
+    if len(s.auth_token_secret.encode()) < 32:
+        problems.append("AUTH_TOKEN_SECRET must be at least 32 bytes")
+    if s.auth_token_ttl_s < 60:
+        problems.append("AUTH_TOKEN_TTL_S must be at least 60")
+    if bool(s.wechat_appid) != bool(s.wechat_secret):
+        problems.append("WECHAT_APPID and WECHAT_SECRET are set together")
     if s.retention_days < 0:
         problems.append("RETENTION_DAYS must be 0 (keep forever) or more")
     if s.retention_batch < 1:

@@ -87,6 +87,8 @@ class NewTask:
     total_parts: int
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
+    # The caller's openid; None for an anonymous caller (AUTH_REQUIRED off).
+    owner_openid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,15 @@ async def get_progress_many(pool: AsyncConnectionPool,
                             task_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
     rows = await db.fetch_all(pool, "get_progress_many", {"task_ids": task_ids})
     return {row["task_id"]: row for row in rows}
+
+
+async def list_for_owner(pool: AsyncConnectionPool, *, owner_openid: str, limit: int,
+                         before: tuple[datetime, uuid.UUID] | None) -> list[dict[str, Any]]:
+    """One page of the owner's tasks, newest first, after the (created_at, task_id) key."""
+    return await db.fetch_all(pool, "list_owner_tasks", {
+        "owner_openid": owner_openid, "limit": limit,
+        "before_created_at": before[0] if before else None,
+        "before_task_id": before[1] if before else None})
 
 
 async def get_state(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, Any] | None:

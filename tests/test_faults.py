@@ -617,7 +617,8 @@ async def test_a_create_retried_after_its_commit_still_counts_as_created(pool):
     committed, the retry finds its own row, which must not look like a reused key."""
     params = {"task_id": uuid.uuid4(), "product_name": "螺栓", "theme": "质量",
               "duration": 5, "type": "video", "total_parts": 1,
-              "idempotency_key": uuid.uuid4().hex, "request_fingerprint": "f"}
+              "idempotency_key": uuid.uuid4().hex, "request_fingerprint": "f",
+              "owner_openid": None}
     first = await db.fetch_one(pool, "create_task", params)
     again = await db.fetch_one(pool, "create_task", params)
     assert first["created"] and again["created"]

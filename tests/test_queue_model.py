@@ -180,7 +180,7 @@ class QueueModel(RuleBasedStateMachine):
         (row,) = self.run(0, "create_task", {
             "task_id": task_id, "product_name": "螺栓", "theme": "品质",
             "duration": 5 * total_parts, "type": "video", "total_parts": total_parts,
-            "idempotency_key": None, "request_fingerprint": None})
+            "idempotency_key": None, "request_fingerprint": None, "owner_openid": None})
         assert row[0] == task_id
         self.tasks[task_id] = Task(total_parts)
 

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from service import db, errors, metrics, storage, tasks
+from service import auth, db, errors, metrics, storage, tasks, wechat
 from service.api import progress as progress_reads
 from service.api import validation, video_urls
 from service.settings import Settings
@@ -31,6 +31,11 @@ METRICS_KEY = web.AppKey("metrics", metrics.ServiceMetrics)
 PROGRESS_KEY = web.AppKey("progress_reader", progress_reads.ProgressReader)
 # Set when the storage's URLs expire (presigned S3): completed tasks get a fresh one.
 FRESH_URLS_KEY = web.AppKey("fresh_urls", video_urls.FreshUrls)
+# Set when WECHAT_APPID is: the client POST /api/login exchanges codes with.
+WECHAT_KEY = web.AppKey("wechat", wechat.WeChat)
+# "My videos" pages.
+TASKS_PAGE_DEFAULT, TASKS_PAGE_MAX = 20, 50
+LOGIN_CODE_MAX_CHARS = 128
 
 JSON = "application/json"
 POOL_OPEN_TIMEOUT_S = 15.0
@@ -123,16 +128,22 @@ def _unavailable(request: web.Request) -> web.Response:
         headers={"Retry-After": str(retry_after)}))
 
 
-async def generate_video(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS_KEY]
+async def _json_body(request: web.Request) -> Any:
     if request.content_type != JSON:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     raw = await request.read()
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", "the body is not valid JSON (UTF-8)") from exc
-    new = validation.create_request(body, settings, request.headers.get("Idempotency-Key"))
+
+
+async def generate_video(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    owner = caller(request)
+    body = await _json_body(request)
+    new = validation.create_request(body, settings, request.headers.get("Idempotency-Key"),
+                                    owner_openid=owner)
     created = await tasks.create(request.app[POOL_KEY], new)
     headers = {"Location": f"/api/progress/{created.task_id}"}
     if not created.created:
@@ -152,14 +163,116 @@ async def progress(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ApiError(400, "validation_error", "task_id must be a UUID",
                        field="task_id") from exc
+    who = caller(request)
     row = await request.app[PROGRESS_KEY].get(task_id)
-    if row is None:
+    # Someone else's task is as good as no task: its existence is not the caller's business.
+    if row is None or row["owner_openid"] != who:
         raise ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
+    return json_response(await _task_json(request, row))
+
+
+async def _task_json(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
     answer = tasks.progress_json(row)
     fresh_urls = request.app.get(FRESH_URLS_KEY)
     if fresh_urls is not None and row["video_key"]:
         answer["video_url"] = await fresh_urls.url(row["video_key"])
-    return json_response(answer)
+    return answer
+
+
+def caller(request: web.Request) -> str | None:
+    """The caller's openid: from the app's own login token, or (when trusted) from WeChat
+    Cloud Run's X-WX-OPENID header; None for an anonymous caller, who is refused with 401
+    when AUTH_REQUIRED is on. A token that is present but bad is always refused."""
+    settings = request.app[SETTINGS_KEY]
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("Authorization must be `Bearer <token>` from POST /api/login")
+        try:
+            return auth.verify(token.strip(), secret=_token_keys(settings))
+        except auth.InvalidToken as exc:
+            raise _unauthorized(f"the login token is {exc.reason.replace('_', ' ')}; "
+                                "log in again (POST /api/login)", code="invalid_token") from exc
+    if settings.auth_trust_wx_openid_header and request.headers.get("X-WX-OPENID"):
+        return request.headers["X-WX-OPENID"]
+    if settings.auth_required:
+        raise _unauthorized("log in first: POST /api/login, then send "
+                            "`Authorization: Bearer <token>`")
+    return None
+
+
+def _token_keys(settings: Settings) -> list[str]:
+    return auth.key_ring(settings.auth_token_secret, settings.auth_token_previous_secrets)
+
+
+def _unauthorized(message: str, *, code: str = "unauthorized") -> ApiError:
+    return ApiError(401, code, message, field="Authorization",
+                    headers={"WWW-Authenticate": "Bearer"})
+
+
+async def login(request: web.Request) -> web.Response:
+    """`{"code": ...}` from wx.login() -> the app's own token. session_key stays here."""
+    settings = request.app[SETTINGS_KEY]
+    body = await _json_body(request)
+    code = body.get("code") if isinstance(body, dict) else None
+    if not isinstance(code, str) or not code.strip() or len(code) > LOGIN_CODE_MAX_CHARS:
+        raise validation.Invalid("code", "code is required: the string wx.login() gave, "
+                                         f"at most {LOGIN_CODE_MAX_CHARS} characters")
+    client = request.app.get(WECHAT_KEY)
+    if client is None:
+        raise ApiError(503, "login_unavailable",
+                       "WeChat login is not configured on this server (WECHAT_APPID)",
+                       headers={"Retry-After": str(settings.retry_after_s)})
+    try:
+        session = await client.code2session(code.strip())
+    except wechat.WeChatError as exc:
+        raise _login_error(exc, settings.retry_after_s) from exc
+    token = auth.issue(session.openid, secret=_token_keys(settings),
+                       ttl_s=settings.auth_token_ttl_s)
+    return json_response({"token": token, "expires_in": settings.auth_token_ttl_s})
+
+
+# What the mini-program is told for each way a login fails; WeChat's own text stays in
+# our log.
+_LOGIN_ERRORS: dict[str, tuple[str, str]] = {
+    "invalid_code": ("invalid_code", "登录已失效，请重新登录 / the login code is invalid or "
+                                     "used; call wx.login() again"),
+    "rate_limited": ("rate_limited", "登录太频繁，请稍后再试 / too many logins; retry later"),
+    "blocked": ("user_blocked", "该微信账号暂时无法登录 / WeChat refused this user"),
+}
+
+
+def _login_error(exc: wechat.WeChatError, retry_after_s: int) -> ApiError:
+    code, message = _LOGIN_ERRORS.get(
+        exc.kind, ("login_unavailable", "登录服务暂时不可用，请稍后再试 / WeChat login is "
+                                        "unavailable right now; retry later"))
+    status = exc.status if exc.kind in _LOGIN_ERRORS else 503
+    logger.warning("login failed: %s (%s)", exc.kind, exc.message)
+    headers = {"Retry-After": str(retry_after_s)} if status in (429, 503) else None
+    return ApiError(status, code, message, field="code" if status == 400 else None,
+                    headers=headers)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    """The caller's tasks, newest first: `?limit=N&cursor=...` (the `next` of a page)."""
+    who = caller(request)
+    if who is None:
+        raise _unauthorized("my videos needs a logged-in user: POST /api/login")
+    raw_limit = request.query.get("limit", str(TASKS_PAGE_DEFAULT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= TASKS_PAGE_MAX:
+        raise validation.Invalid("limit", f"limit must be a whole number from 1 to "
+                                          f"{TASKS_PAGE_MAX}")
+    limit = int(raw_limit)
+    before = None
+    if "cursor" in request.query:
+        before = validation.decode_cursor(request.query["cursor"])
+    rows = await tasks.list_for_owner(request.app[POOL_KEY], owner_openid=who, limit=limit,
+                                      before=before)
+    page = [await _task_json(request, row) for row in rows]
+    last = rows[-1] if len(rows) == limit else None
+    cursor = validation.encode_cursor(last["created_at"], last["task_id"]) if last else None
+    return json_response({"tasks": page, "next": cursor})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -196,8 +309,11 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(_wechat_ctx)
     app.router.add_post("/api/generate-video", generate_video)
     app.router.add_get("/api/progress/{task_id}", progress)
+    app.router.add_post("/api/login", login)
+    app.router.add_get("/api/tasks", list_tasks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", public_metrics)
@@ -208,6 +324,18 @@ def create_app(settings: Settings) -> web.Application:
         videos.mkdir(parents=True, exist_ok=True)
         app.router.add_static(f"/media/{storage.VIDEOS_DIR}/", videos, append_version=False)
     return app
+
+
+async def _wechat_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    if not settings.wechat_appid:
+        yield
+        return
+    client = wechat.WeChat(settings.wechat_api_base, settings.wechat_appid,
+                           settings.wechat_secret, timeout_s=settings.wechat_timeout_s)
+    app[WECHAT_KEY] = client
+    yield
+    await client.close()
 
 
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import unicodedata
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -36,7 +39,8 @@ class Invalid(Exception):
     message: str
 
 
-def create_request(body: Any, settings: Settings, idempotency_key: str | None) -> tasks.NewTask:
+def create_request(body: Any, settings: Settings, idempotency_key: str | None, *,
+                   owner_openid: str | None = None) -> tasks.NewTask:
     if not isinstance(body, dict):
         raise Invalid("body", "the body must be a JSON object")
     product_name = _text(body, "product_name", settings.text_max_chars)
@@ -49,13 +53,34 @@ def create_request(body: Any, settings: Settings, idempotency_key: str | None) -
         _check_idempotency_key(idempotency_key)
     fields = {"product_name": product_name, "theme": theme, "duration": duration,
               "type": video_type}
-    fingerprint = hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    # The owner is part of the request: one user's Idempotency-Key never answers another's.
+    fingerprint = hashlib.sha256(orjson.dumps({**fields, "owner": owner_openid},
+                                              option=orjson.OPT_SORT_KEYS)).hexdigest()
     return tasks.NewTask(
         **fields,
         total_parts=tasks.part_count(duration, settings.part_seconds),
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
+        owner_openid=owner_openid,
     )
+
+
+def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    """The opaque `next` of a "my videos" page: where the page ended."""
+    raw = orjson.dumps([created_at.isoformat(), str(task_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, task_id = orjson.loads(raw)
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when, uuid.UUID(task_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise Invalid("cursor", "cursor must be the `next` of an earlier page") from exc
 
 
 def _text(body: dict[str, Any], name: str, max_chars: int) -> str:

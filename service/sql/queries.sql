@@ -9,10 +9,10 @@
 WITH inserted AS (
     INSERT INTO video_generation_tasks
         (task_id, product_name, theme, duration, type, total_parts,
-         idempotency_key, request_fingerprint)
+         idempotency_key, request_fingerprint, owner_openid)
     VALUES
         (%(task_id)s, %(product_name)s, %(theme)s, %(duration)s, %(type)s, %(total_parts)s,
-         %(idempotency_key)s, %(request_fingerprint)s)
+         %(idempotency_key)s, %(request_fingerprint)s, %(owner_openid)s)
     ON CONFLICT DO NOTHING
     RETURNING task_id, status, total_parts, request_fingerprint, true AS created
 )
@@ -26,16 +26,29 @@ LIMIT 1;
 
 -- get_progress --
 SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
-       error_message, created_at, updated_at
+       error_message, created_at, updated_at, owner_openid
 FROM video_generation_tasks
 WHERE task_id = %(task_id)s;
 
 -- get_progress_many --
 -- The same row for many tasks at once: the API answers concurrent polls with one statement.
 SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
-       error_message, created_at, updated_at
+       error_message, created_at, updated_at, owner_openid
 FROM video_generation_tasks
 WHERE task_id = ANY(%(task_ids)s);
+
+-- list_owner_tasks --
+-- "My videos": one user's tasks, newest first, a page at a time. The page after one ends
+-- where that one did (keyset: created_at, task_id), so pages never skip or repeat a task
+-- while new ones arrive.
+SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
+       error_message, created_at, updated_at, owner_openid
+FROM video_generation_tasks
+WHERE owner_openid = %(owner_openid)s
+  AND (%(before_created_at)s::timestamptz IS NULL
+       OR (created_at, task_id) < (%(before_created_at)s, %(before_task_id)s::uuid))
+ORDER BY created_at DESC, task_id DESC
+LIMIT %(limit)s;
 
 -- get_task_state --
 -- What operators and tests see of one task's queue bookkeeping.
