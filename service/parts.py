@@ -91,10 +91,3 @@ async def record_stored(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
         "provider": provider, "remote_task_id": remote_task_id, "object_key": object_key,
         "usage_tokens": usage_tokens, "parts_done": parts_done, "progress": progress,
         "lease_s": lease_s})
-
-
-async def usage(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, int]:
-    """{"usage_tokens", "creates", "stored_parts"} of one task."""
-    row = await db.fetch_one(pool, "sum_part_usage", {"task_id": task_id})
-    assert row is not None, "an aggregate always returns a row"
-    return dict(row)

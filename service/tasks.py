@@ -150,11 +150,6 @@ async def get_state(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, 
     return await db.fetch_one(pool, "get_task_state", {"task_id": task_id})
 
 
-async def list_attempts(pool: AsyncConnectionPool, task_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The task's claims, oldest first, with how each ended (None while running)."""
-    return await db.fetch_all(pool, "list_attempts", {"task_id": task_id})
-
-
 async def claim(pool: AsyncConnectionPool, *, worker_id: str, limit: int, lease_s: float,
                 running: list[uuid.UUID]) -> list[ClaimedTask]:
     """Lease up to `limit` tasks, none of those in `running` (this worker's own runs)."""

@@ -84,11 +84,3 @@ SET state = 'stored', remote_task_id = EXCLUDED.remote_task_id,
     claim_token = EXCLUDED.claim_token, error_message = NULL, updated_at = now()
 WHERE p.state <> 'stored' OR p.claim_token = EXCLUDED.claim_token
 RETURNING p.part_index;
-
--- sum_part_usage --
--- What a task's clips cost, for operators and tests.
-SELECT coalesce(sum(usage_tokens), 0)::bigint AS usage_tokens,
-       coalesce(sum(creates), 0)::bigint AS creates,
-       count(*) FILTER (WHERE state = 'stored') AS stored_parts
-FROM video_task_parts
-WHERE task_id = %(task_id)s;

@@ -216,10 +216,3 @@ WHERE status = 'pending' AND run_after <= now();
 
 -- ping --
 SELECT 1 AS ok;
-
--- list_attempts --
--- One task's claims and how each ended, oldest first (operators and tests).
-SELECT claim_token, worker_id, claimed_at, ended_at, outcome
-FROM video_task_attempts
-WHERE task_id = %(task_id)s
-ORDER BY claimed_at, claim_token;

@@ -26,7 +26,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,12 @@ class Run:
     """One claim of a task being worked on by this worker."""
 
     task: tasks.ClaimedTask
+    # The run's own scratch directory (WORK_DIR/<task_id>.<claim>), removed when it ends.
+    workdir: Path
     runner: asyncio.Task[None] | None = None
     # Set by the heartbeat when the claim no longer owns the task; its cancel then ends
     # the run quietly (someone else owns the task, there is nothing to hand back).
     lost: bool = False
-    workdir: Path = field(default=Path())
 
 
 class Worker:

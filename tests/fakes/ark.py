@@ -78,7 +78,7 @@ from typing import Any
 import imageio_ffmpeg
 from aiohttp import web
 
-from tests.fakes.threaded import ServedInThread
+from tests.fakes.threaded import ServedInThread, serve_until_interrupted
 
 API_PREFIX = "/api/v3"
 TASKS_PATH = API_PREFIX + "/contents/generations/tasks"
@@ -566,20 +566,12 @@ def main() -> None:
     parser.add_argument("--url-ttl-s", type=float, default=None)
     args = parser.parse_args()
 
-    async def serve() -> None:
-        fake = FakeArk(api_key=args.api_key, port=args.port, queued_s=args.queued_s,
-                       running_s=args.running_s, url_ttl_s=args.url_ttl_s)
-        await fake.start()
-        print(f"fake Ark on {fake.base_url} (key {args.api_key!r}); Ctrl-C stops it\n"
-              f"  export VIDEO_PROVIDER=ark ARK_BASE_URL={fake.base_url} "
-              f"ARK_API_KEY={args.api_key}", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await fake.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    fake = FakeArk(api_key=args.api_key, port=args.port, queued_s=args.queued_s,
+                   running_s=args.running_s, url_ttl_s=args.url_ttl_s)
+    serve_until_interrupted(fake, lambda: (
+        f"fake Ark on {fake.base_url} (key {args.api_key!r}); Ctrl-C stops it\n"
+        f"  export VIDEO_PROVIDER=ark ARK_BASE_URL={fake.base_url} "
+        f"ARK_API_KEY={args.api_key}"))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 
@@ -66,3 +67,19 @@ class ServedInThread(Generic[FakeT]):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_until_interrupted(fake: Startable, banner: Callable[[], str]) -> None:
+    """A developer's `python -m tests.fakes.X`: start the fake, print what to export
+    (banner() once it listens), serve until Ctrl-C."""
+
+    async def serve() -> None:
+        await fake.start()
+        print(banner(), flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await fake.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())

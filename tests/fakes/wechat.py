@@ -81,7 +81,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.threaded import ServedInThread
+from tests.fakes.threaded import ServedInThread, serve_until_interrupted
 
 DEFAULT_APPID = "wx-fake"
 DEFAULT_SECRET = "fake-secret"
@@ -483,22 +483,14 @@ def main() -> None:
     parser.add_argument("--expires-in", type=int, default=7200)
     args = parser.parse_args()
 
-    async def serve() -> None:
-        fake = FakeWeChat(appid=args.appid, secret=args.secret, port=args.port,
-                          expires_in=args.expires_in)
-        await fake.start()
-        print(f"fake WeChat on {fake.base_url}; Ctrl-C stops it\n"
-              f"  export WECHAT_API_BASE={fake.base_url} WECHAT_APPID={args.appid} "
-              f"WECHAT_SECRET={args.secret}\n"
-              f"  register a login code: curl -d '{{\"code\": \"c1\", \"openid\": \"o1\", "
-              f"\"reusable\": true}}' {fake.base_url}/_fake/codes", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await fake.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    fake = FakeWeChat(appid=args.appid, secret=args.secret, port=args.port,
+                      expires_in=args.expires_in)
+    serve_until_interrupted(fake, lambda: (
+        f"fake WeChat on {fake.base_url}; Ctrl-C stops it\n"
+        f"  export WECHAT_API_BASE={fake.base_url} WECHAT_APPID={args.appid} "
+        f"WECHAT_SECRET={args.secret}\n"
+        f"  register a login code: curl -d '{{\"code\": \"c1\", \"openid\": \"o1\", "
+        f"\"reusable\": true}}' {fake.base_url}/_fake/codes"))
 
 
 if __name__ == "__main__":
