@@ -44,22 +44,26 @@ def migrate(settings: Settings) -> list[str]:
     with psycopg.connect(settings.database_direct_url, autocommit=True,
                          application_name="video-tasks-migrate") as conn:
         conn.execute(named["disable_statement_timeout"])
-        for path in migration_files():
-            version = path.stem
+        # One lock for the whole run, not one per file: with a lock per file, two runs
+        # at once would interleave and each apply some of the files. Under it too the
+        # ALTER ROLEs, which fail with "tuple concurrently updated" when run at once.
+        conn.execute(named["lock_migrations"], lock)
+        try:
+            for path in migration_files():
+                version = path.stem
+                with conn.transaction():
+                    conn.execute(named["create_schema_migrations"])
+                    if conn.execute(named["find_migration"],
+                                    {"version": version}).fetchone():
+                        continue
+                    logger.info("applying migration %s", version)
+                    conn.execute(path.read_text(encoding="utf-8"))
+                    conn.execute(named["record_migration"], {"version": version})
+                    applied.append(version)
             with conn.transaction():
-                conn.execute(named["lock_migrations"], lock)
-                conn.execute(named["create_schema_migrations"])
-                if conn.execute(named["find_migration"], {"version": version}).fetchone():
-                    continue
-                logger.info("applying migration %s", version)
-                conn.execute(path.read_text(encoding="utf-8"))
-                conn.execute(named["record_migration"], {"version": version})
-                applied.append(version)
-        # Under the same lock: two concurrent ALTER ROLEs fail with "tuple concurrently
-        # updated".
-        with conn.transaction():
-            conn.execute(named["lock_migrations"], lock)
-            set_role_timeouts(conn, settings)
+                set_role_timeouts(conn, settings)
+        finally:
+            conn.execute(named["unlock_migrations"], lock)
     return applied
 
 

@@ -1,6 +1,6 @@
 -- The statements `python -m service migrate` (service/migrate.py) runs itself, by name.
 -- Straight to PostgreSQL, before the schema exists, each migration in an explicit
--- transaction under a transaction-level advisory lock. Kept apart from service/sql/*.sql:
+-- transaction, the whole run under a session-level advisory lock. Kept apart from service/sql/*.sql:
 -- those are the statements the service runs through service.db (and tests EXPLAIN them
 -- against the migrated schema); these are DDL and bookkeeping for the migrator alone.
 -- Names in {braces} are identifiers or literals that psycopg.sql fills in.
@@ -10,8 +10,12 @@
 SET statement_timeout = 0;
 
 -- lock_migrations --
--- Held until the transaction ends: two processes migrating at once take turns.
-SELECT pg_advisory_xact_lock(%(key)s);
+-- Held for the whole run (a direct session, never through PgBouncer): two processes
+-- migrating at once take turns, the second finding every file applied by the first.
+SELECT pg_advisory_lock(%(key)s);
+
+-- unlock_migrations --
+SELECT pg_advisory_unlock(%(key)s);
 
 -- create_schema_migrations --
 CREATE TABLE IF NOT EXISTS schema_migrations (
