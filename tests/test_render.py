@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,17 +17,21 @@ import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageStat
 
 from service import errors, media
+from service.providers.ark import ArkProvider
 from service.providers.base import ClipResult, PartJob, PartRole
 from service.providers.ffmpeg import FfmpegProvider, find_font, part_texts
 from service.providers.layout import (
     ELLIPSIS,
     BlockSpec,
+    Box,
     Layout,
     PartTexts,
     layout_blocks,
     layout_part,
     load_font,
+    safe_area,
 )
+from service.settings import Settings
 
 FONT = find_font()
 NAME_60 = ("超级无敌大容量不锈钢真空保温杯男女学生便携水杯办公室泡茶杯子车载户外运动水壶礼盒装"
@@ -289,6 +295,134 @@ async def test_cancelled_run_ffmpeg_kills_ffmpeg() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - started < 5
+
+
+# ---- the AI label ----
+
+LABEL = "AI生成"
+
+
+def label_box(width: int, height: int, label: str = LABEL) -> Box:
+    size = media.label_image(label, FONT, height).size
+    x, y = media.label_position(width, height, size)
+    return Box(x, y, x + size[0], y + size[1])
+
+
+@pytest.mark.parametrize("size", [(720, 1280), (1080, 1920), (480, 854), (1280, 720),
+                                  (720, 720)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_label_sits_top_right_above_the_text(size: tuple[int, int]) -> None:
+    """The label is in the top-right corner, 3% of the width in, text 2.6% of the height,
+    and wholly above the title-safe area: no text block of the renderer can be under it,
+    even a layout that fills the safe area to its top."""
+    width, height = size
+    box = label_box(width, height)
+    margin = width * media.LABEL_MARGIN_SHARE
+    assert abs((width - box.right) - margin) <= 2 and 0 <= box.top <= margin + 1
+    assert height * 0.026 < box.height < height * 0.06  # text plus its pill's padding
+    assert box.bottom <= safe_area(width, height).top
+    name, theme = TEXT_CASES["long-theme-long-name"]
+    for role in ROLES:
+        layout = layout_part(width, height, FONT, part_texts(job_for(role, name, theme)))
+        assert not any(block.box.overlaps(box) for block in layout.blocks), role
+
+
+async def labelled_and_plain(tmp_path: Path) -> tuple[Path, Path]:
+    """Two 1 s clips (a dark plain one, then testsrc) merged with the label and without."""
+    dark, pattern = tmp_path / "dark.mp4", tmp_path / "pattern.mp4"
+    await media.run_ffmpeg(["-f", "lavfi", "-i", "color=c=0x203040:s=720x1280:r=25:d=1",
+                            "-c:v", "libx264", "-preset", "ultrafast", str(dark)])
+    await media.run_ffmpeg(["-f", "lavfi", "-i", "testsrc=s=720x1280:r=25:d=1",
+                            "-c:v", "libx264", "-preset", "ultrafast", str(pattern)])
+    out = tmp_path / "out"
+    out.mkdir()
+    labelled, plain = out / "labelled.mp4", out / "plain.mp4"
+    await media.merge_clips([dark, pattern], [1, 1], labelled, width=720, height=1280,
+                            fps=25, label=LABEL, font_file=FONT)
+    await media.merge_clips([dark, pattern], [1, 1], plain, width=720, height=1280, fps=25)
+    assert sorted(p.name for p in out.iterdir()) == ["labelled.mp4", "plain.mp4"]  # no PNG
+    return labelled, plain
+
+
+def ffmetadata(path: Path) -> dict[str, str]:
+    """The file's global tags as ffmpeg reads them (there is no ffprobe)."""
+    text = subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(path),
+                           "-f", "ffmetadata", "-"], capture_output=True, check=True,
+                          text=True).stdout
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith(";")]
+    return dict(ln.split("=", 1) for ln in lines)
+
+
+async def test_label_is_drawn_over_the_whole_video_and_nowhere_else(tmp_path: Path) -> None:
+    """In a frame of each clip the label's corner differs clearly from the unlabelled merge
+    and holds near-white text pixels, while the rest of the frame is unchanged; the overlay
+    changes neither the frame count nor the length."""
+    labelled, plain = await labelled_and_plain(tmp_path)
+    at = (12, 37)  # the middle of the dark clip, the middle of the testsrc clip
+    with_label, without = probe(labelled, at=at), probe(plain, at=at)
+    for key in ("size", "rate", "frames", "duration", "pix_fmt"):
+        assert with_label[key] == without[key], key
+    assert with_label["frames"] == 50
+    box = label_box(720, 1280)
+    corner = (box.left, box.top, box.right, box.bottom)
+    for i in at:
+        a, b = with_label["images"][i], without["images"][i]
+        assert _mean_abs_diff(a.crop(corner), b.crop(corner)) > 15, i
+        # Changed pixels stay in the label's box (a little slack for compression).
+        changed = ImageChops.difference(a.convert("L"), b.convert("L")).point(
+            lambda v: 255 if v > 24 else 0).getbbox()
+        assert changed is not None
+        assert (changed[0] >= box.left - 4 and changed[1] >= box.top - 4
+                and changed[2] <= box.right + 4 and changed[3] <= box.bottom + 4), changed
+        far = (0, 640, 360, 1280)  # bottom left
+        assert _mean_abs_diff(a.crop(far), b.crop(far)) < 1.5, i
+    dark_labelled = with_label["images"][12].crop(corner).convert("L")
+    dark_plain = without["images"][12].crop(corner).convert("L")
+    assert dark_labelled.getextrema()[1] > 200  # the white text
+    assert dark_plain.getextrema()[1] < 100
+
+
+async def test_label_is_also_in_the_metadata_and_absent_when_off(tmp_path: Path) -> None:
+    """The labelled video carries the implicit label: a comment and a GB 45438-2025 style
+    AIGC tag (kept as a custom mp4 key), with no doubled ftyp keys; label="" writes none."""
+    labelled, plain = await labelled_and_plain(tmp_path)
+    tags = ffmetadata(labelled)
+    assert LABEL in tags["comment"]
+    assert json.loads(tags["AIGC"]) == {"Label": "1", "ContentProducer": "video-tasks"}
+    assert not any("\\;" in value for value in tags.values()), tags  # e.g. isom\;isom
+    plain_tags = ffmetadata(plain)
+    assert "AIGC" not in plain_tags and "comment" not in plain_tags, plain_tags
+
+
+def test_providers_take_the_label_from_settings() -> None:
+    """VIDEO_AI_LABEL reaches both real providers (Ark gets a font for it); empty: none."""
+    assert FfmpegProvider.from_settings(Settings()).label == LABEL
+    assert FfmpegProvider.from_settings(Settings(video_ai_label="")).label == ""
+    ark = ArkProvider.from_settings(Settings(video_provider="ark", ark_api_key="key"))
+    assert ark.label == LABEL and ark.font_file == FONT
+    off = ArkProvider.from_settings(Settings(video_provider="ark", ark_api_key="key",
+                                             video_ai_label=""))
+    assert off.label == ""
+
+
+async def test_provider_merge_labels_the_video(tmp_path: Path) -> None:
+    """FfmpegProvider.merge passes its label and font on to the merge."""
+    clip = tmp_path / "part.mp4"
+    await media.run_ffmpeg(["-f", "lavfi", "-i", "color=c=black:s=360x640:r=25:d=1",
+                            "-c:v", "libx264", "-preset", "ultrafast", str(clip)])
+    provider = FfmpegProvider(width=360, height=640, fps=25, font_file=FONT, label=LABEL)
+    dest = tmp_path / "video.mp4"
+    await provider.merge([clip], [1], dest)
+    assert "AIGC" in ffmetadata(dest)
+    box = label_box(360, 640)
+    frame = probe(dest, at=(0,))["images"][0]
+    assert frame.crop((box.left, box.top, box.right, box.bottom)).convert(
+        "L").getextrema()[1] > 200
+
+
+async def test_label_without_a_font_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="font_file"):
+        await media.merge_clips([tmp_path / "a.mp4"], [1], tmp_path / "v.mp4", width=720,
+                                height=1280, fps=25, label=LABEL)
 
 
 def _mean(image: Image.Image) -> float:

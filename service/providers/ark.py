@@ -39,6 +39,7 @@ from yarl import URL
 
 from service import errors, media
 from service.providers.base import ClipResult, PartJob, PartRole
+from service.providers.ffmpeg import find_font
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,8 @@ class ArkProvider:
                  ratio: str = "9:16", part_deadline_s: float = 900.0,
                  poll_interval_s: float = 5.0, max_in_flight: int = 4,
                  request_timeout_s: float = 60.0, width: int = 720, height: int = 1280,
-                 fps: int = 25, backoff_base_s: float = BACKOFF_BASE_S) -> None:
+                 fps: int = 25, backoff_base_s: float = BACKOFF_BASE_S, label: str = "",
+                 font_file: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.model, self.resolution, self.ratio = model, resolution, ratio
@@ -188,6 +190,8 @@ class ArkProvider:
         self.max_in_flight = max_in_flight
         self.request_timeout_s = request_timeout_s
         self.width, self.height, self.fps = width, height, fps
+        # The visible AI label the merge draws (in this font); "" for none.
+        self.label, self.font_file = label, font_file
         self.backoff_base_s = backoff_base_s
         # Remote tasks of this worker in flight (see create_clip / fetch_clip / _park).
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -213,7 +217,10 @@ class ArkProvider:
                    max_in_flight=settings.ark_max_in_flight,
                    request_timeout_s=settings.ark_request_timeout_s,
                    width=settings.video_width, height=settings.video_height,
-                   fps=settings.video_fps)
+                   fps=settings.video_fps, label=settings.video_ai_label,
+                   # The font only draws the label: with no label, Ark needs no CJK font.
+                   font_file=find_font(settings.video_font_file)
+                   if settings.video_ai_label else settings.video_font_file)
 
     def __repr__(self) -> str:
         return f"ArkProvider(base_url={self.base_url!r}, model={self.model!r})"
@@ -262,7 +269,8 @@ class ArkProvider:
 
     async def merge(self, parts: list[Path], lengths_s: list[int], dest: Path) -> None:
         await media.merge_clips(parts, lengths_s, dest, width=self.width,
-                                height=self.height, fps=self.fps)
+                                height=self.height, fps=self.fps, label=self.label,
+                                font_file=self.font_file)
 
     async def close(self) -> None:
         for handle in self._parked.values():

@@ -105,14 +105,17 @@ class FfmpegProvider:
     name = "ffmpeg"
     remote = False  # no billed task elsewhere: nothing for the parts ledger to record
 
-    def __init__(self, *, width: int, height: int, fps: int, font_file: str) -> None:
+    def __init__(self, *, width: int, height: int, fps: int, font_file: str,
+                 label: str = "") -> None:
         self.width, self.height, self.fps = width, height, fps
         self.font_file = font_file
+        self.label = label  # the visible AI label the merge puts on the video; "" for none
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FfmpegProvider:
         return cls(width=settings.video_width, height=settings.video_height,
-                   fps=settings.video_fps, font_file=find_font(settings.video_font_file))
+                   fps=settings.video_fps, font_file=find_font(settings.video_font_file),
+                   label=settings.video_ai_label)
 
     async def create_clip(self, job: PartJob) -> str | None:
         return None  # rendered locally by fetch_clip: no remote task
@@ -128,7 +131,7 @@ class FfmpegProvider:
 
     async def merge(self, parts: list[Path], lengths_s: list[int], dest: Path) -> None:
         await media.merge_clips(parts, lengths_s, dest, width=self.width, height=self.height,
-                                fps=self.fps)
+                                fps=self.fps, label=self.label, font_file=self.font_file)
 
     async def close(self) -> None:
         return None  # holds nothing open
