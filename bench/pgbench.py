@@ -47,6 +47,13 @@ def insert_script() -> str:
     sql = sql.replace("%(task_id)s", TASK_ID_NEW)
     sql = sql.replace("%(idempotency_key)s", "NULL::text")
     sql = sql.replace("%(owner_openid)s", "NULL::text")
+    sql = sql.replace("%(notice_template_id)s", "NULL::text")
+    # One requester per pgbench client, as many users would be (one requester's creates
+    # queue on its fairness row); no limits, as in the benchmark's stack.
+    sql = sql.replace("%(requester)s", "('pgbench-' || :client_id)")
+    for name in ("creates_per_minute", "max_unfinished"):
+        sql = sql.replace(f"%({name})s", "0")
+    sql = sql.replace("%(unfinished_retry_s)s", "30")
     sql = sql.replace("%(duration)s", ":duration").replace("%(total_parts)s", ":total_parts")
     for name in STRING_VARIABLES:
         sql = sql.replace(f"%({name})s", f":{name}")

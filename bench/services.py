@@ -56,7 +56,10 @@ def make_stack(root: Path, *, pool_size: int, pgbouncer_env: dict[str, str],
     files = files_dir or root
     return Stack.on_free_ports(
         root, pgbouncer_env={"PGBOUNCER_DEFAULT_POOL_SIZE": str(pool_size), **pgbouncer_env},
-        media_dir=files / "media", work_dir=files / "work")
+        media_dir=files / "media", work_dir=files / "work",
+        # Every simulated user comes from one address: the per-user limits would make
+        # them one user. The benchmark measures capacity, not the fairness rules.
+        user_creates_per_minute=0, user_max_unfinished=0)
 
 
 def pgbouncer_pool_settings(stack: Stack) -> dict[str, int]:

@@ -20,6 +20,8 @@ benchmark scrapes them (bench/sampler.py reads POOL_METRICS), keep them stable:
   FINISHED_WINDOW_S; video_tasks_queue_lag_seconds: age of the oldest runnable pending
   task. Two statements per scrape, both on partial or finished_at indexes (never a scan
   of the whole table), bounded by a short timeout.
+- video_tasks_api_content_checks_total{verdict}, video_tasks_api_creates_refused_total
+  {reason}: what content safety and the fairness limits did to creates.
 - video_tasks_db_up: 1 when those statements answered, else 0 (and no task figures).
 - video_tasks_worker_*: the worker's running tasks and concurrency (gauges); tasks
   completed and failed, clip creates, possible duplicate creates, parts reused and clip
@@ -138,6 +140,15 @@ class ServiceMetrics:
         self._latency = Histogram(
             "video_tasks_http_request_duration_seconds", "Seconds to answer an HTTP request",
             ["route"], buckets=HTTP_BUCKETS_S, registry=self.registry)
+        self.content_checks = Counter(
+            "video_tasks_api_content_checks",
+            "Create requests screened by WeChat's msg_sec_check, by verdict (pass, review, "
+            "risky; unavailable_accepted and unavailable_refused when WeChat gave none)",
+            ["verdict"], registry=self.registry)
+        self.creates_refused = Counter(
+            "video_tasks_api_creates_refused",
+            "Creates refused by the fairness limits, by reason (rate_limited, "
+            "too_many_unfinished)", ["reason"], registry=self.registry)
         # Label lookups cost more than the increments: keep the children by key.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._db_up = 0
@@ -257,6 +268,15 @@ def worker_collector(worker: Any) -> Collect:
         yield CounterMetricFamily("video_tasks_worker_clip_usage_tokens",
                                   "Provider usage (Ark completion tokens) of the clips this "
                                   "worker stored", value=worker.usage_tokens)
+        notices = CounterMetricFamily(
+            "video_tasks_worker_notices",
+            "Subscribe messages this worker settled from the outbox, by outcome (sent; "
+            "retried; skipped: no subscription; failed; unknown: the answer was lost, never "
+            "resent)", labels=["outcome"])
+        outcomes = worker.notifier.outcomes if worker.notifier is not None else {}
+        for outcome, count in sorted(outcomes.items()):
+            notices.add_metric([outcome], count)
+        yield notices
 
     return collect
 

@@ -46,10 +46,21 @@ LOCAL_AUTH_TOKEN_SECRET = "local-stack-token-secret-not-for-production"
 VIDEO_PROVIDERS = ("ffmpeg", "ark", "simulated")
 STORAGE_BACKENDS = ("local", "s3")
 S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
+ENVIRONMENTS = ("local", "production")
+# What a subscribe message's template fields may carry (WECHAT_NOTICE_DATA).
+NOTICE_SOURCES = ("product_name", "theme", "status", "finished_at", "task_id", "note")
+# Settings left unset (None) take the ENVIRONMENT's default: on in production, where the
+# API faces the internet; off on the local stack, so the write-up's curl works as is.
+ENVIRONMENT_DEFAULTS: dict[str, dict[str, bool]] = {
+    "auth_required": {"local": False, "production": True},
+    "content_check_fail_open": {"local": True, "production": False},
+}
 
 
 @dataclass(frozen=True)
 class Settings:
+    # "production" turns on what a public deployment needs (ENVIRONMENT_DEFAULTS).
+    environment: str = "local"
     # Ports of the local stack; the three URLs below are derived from them when unset.
     postgres_port: int = 55432
     pgbouncer_port: int = 6432
@@ -122,6 +133,9 @@ class Settings:
     video_fps: int = 25
     # Empty: the first CJK font found among the usual system paths.
     video_font_file: str = ""
+    # The visible label on every finished video (China's rules for AI-generated content
+    # require one); empty: no label.
+    video_ai_label: str = "AI生成"
     # Provider "ark": Volcengine Ark's content-generation (video) task API.
     ark_base_url: str = "https://ark.cn-beijing.volces.com/api/v3"
     ark_api_key: str = field(default="", repr=False)
@@ -162,9 +176,9 @@ class Settings:
     wechat_appid: str = ""
     wechat_secret: str = field(default="", repr=False)
     wechat_timeout_s: float = 5.0
-    # Requests must carry `Authorization: Bearer <token>` from POST /api/login. Off on the
-    # local stack, so the write-up's unauthenticated curl keeps working.
-    auth_required: bool = False
+    # Requests must carry `Authorization: Bearer <token>` from POST /api/login. Unset: on in
+    # production, off on the local stack (the write-up's unauthenticated curl works).
+    auth_required: bool | None = None
     # Behind WeChat Cloud Run: trust the platform's X-WX-OPENID header as the caller.
     auth_trust_wx_openid_header: bool = False
     # Signs the app's own login tokens (HMAC-SHA256, at least 32 bytes); old secrets, comma
@@ -172,6 +186,27 @@ class Settings:
     auth_token_secret: str = field(default=LOCAL_AUTH_TOKEN_SECRET, repr=False)
     auth_token_previous_secrets: str = field(default="", repr=False)
     auth_token_ttl_s: int = 259200
+    # Content safety: product name and theme go through WeChat's msg_sec_check before a
+    # task is stored. Unset: on when WECHAT_APPID is set.
+    content_check: bool | None = None
+    # When WeChat gives no verdict (unreachable, busy, an anonymous caller): accept the
+    # text (true) or refuse with 503 (false). Unset: accept locally, refuse in production.
+    content_check_fail_open: bool | None = None
+    # Fairness, per user (openid, else the client address), decided in the create
+    # statement: creates a minute (a burst of as many at once), and tasks not yet
+    # finished. 0: no limit.
+    user_creates_per_minute: int = 10
+    user_max_unfinished: int = 3
+    # Subscribe messages ("your video is ready"), sent by the workers from the outbox:
+    # the page the message opens ({task_id} is replaced), and the template's fields as
+    # key=source pairs (sources: product_name, theme, status, finished_at, task_id,
+    # note). The keys are the template's own, from the mini-program's admin console.
+    wechat_notice_page: str = "pages/index/index?task_id={task_id}"
+    wechat_notice_data: str = "thing1=product_name,phrase2=status,time3=finished_at"
+    # formal, trial or developer: which version of the mini-program the message opens.
+    wechat_miniprogram_state: str = "formal"
+    # A message that WeChat keeps refusing for a transient reason is given up after this.
+    notice_max_attempts: int = 5
 
     media_dir: Path = PROJECT_DIR / ".stack" / "media"
     # Where parts are rendered before merging; must be shared by the workers of one host.
@@ -206,6 +241,12 @@ class Settings:
         for name, url in derived.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, url)
+        if self.environment in ENVIRONMENTS:
+            for name, by_environment in ENVIRONMENT_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, by_environment[self.environment])
+        if self.content_check is None:
+            object.__setattr__(self, "content_check", _content_check_default(self))
         problems = _validate(self)
         if problems:
             raise errors.ConfigError("invalid settings: " + "; ".join(problems))
@@ -235,7 +276,20 @@ class Settings:
         if ("public_base_url" not in changes and self.public_base_url
                 == default_public_base_url(self.api_host, self.api_port)):
             changes["public_base_url"] = ""
+        # Likewise the settings that follow ENVIRONMENT or WECHAT_APPID.
+        for name, by_environment in ENVIRONMENT_DEFAULTS.items():
+            if name not in changes and getattr(self, name) == by_environment.get(
+                    self.environment):
+                changes[name] = None
+        if "content_check" not in changes and self.content_check == _content_check_default(
+                self):
+            changes["content_check"] = None
         return dataclasses.replace(self, **changes)
+
+    def notice_fields(self) -> dict[str, str]:
+        """WECHAT_NOTICE_DATA as {template key: source}."""
+        return parse_notice_data(self.wechat_notice_data)
+
 
     def describe(self) -> dict[str, str]:
         """Settings as strings with passwords hidden, for logs and the doctor."""
@@ -246,6 +300,10 @@ class Settings:
                 value = "***" if value else ""
             shown[f.name] = redact_url(str(value))
         return shown
+
+
+def _content_check_default(s: Settings) -> bool:
+    return bool(s.wechat_appid) or s.environment == "production"
 
 
 def default_public_base_url(api_host: str, api_port: int) -> str:
@@ -292,6 +350,17 @@ def load_environ(environ: Mapping[str, str] | None = None, *,
     return merged
 
 
+def parse_notice_data(raw: str) -> dict[str, str]:
+    """"thing1=product_name,time3=finished_at" -> {"thing1": "product_name", ...}."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (piece.strip() for piece in raw.split(","))):
+        key, sep, source = (part.strip() for part in item.partition("="))
+        if not sep or not re.fullmatch(r"[a-z_]+[0-9]+", key) or source not in NOTICE_SOURCES:
+            raise ValueError(item)
+        pairs[key] = source
+    return pairs
+
+
 def redact_url(text: str) -> str:
     """Hide the password in a postgresql:// URL."""
     return re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1:***@", text)
@@ -318,6 +387,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "int": int,
     "float": float,
     "bool": _parse_bool,
+    "bool | None": _parse_bool,
     "str": str,
     "Path": lambda raw: Path(raw).expanduser().resolve(),
 }
@@ -325,6 +395,23 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 
 def _validate(s: Settings) -> list[str]:
     problems = []
+    if s.environment not in ENVIRONMENTS:
+        problems.append(f"ENVIRONMENT must be one of {', '.join(ENVIRONMENTS)}")
+    if s.content_check and not s.wechat_appid:
+        problems.append("CONTENT_CHECK needs WECHAT_APPID and WECHAT_SECRET (WeChat's "
+                        "msg_sec_check); set them, or CONTENT_CHECK=false")
+    if s.user_creates_per_minute < 0 or s.user_max_unfinished < 0:
+        problems.append("USER_CREATES_PER_MINUTE and USER_MAX_UNFINISHED must be 0 (no "
+                        "limit) or more")
+    try:
+        parse_notice_data(s.wechat_notice_data)
+    except ValueError as exc:
+        problems.append(f"WECHAT_NOTICE_DATA: {exc.args[0]!r} is not key=source with a source "
+                        f"among {', '.join(NOTICE_SOURCES)}")
+    if s.wechat_miniprogram_state not in ("formal", "trial", "developer"):
+        problems.append("WECHAT_MINIPROGRAM_STATE must be formal, trial or developer")
+    if s.notice_max_attempts < 1:
+        problems.append("NOTICE_MAX_ATTEMPTS must be at least 1")
     for name in ("database_url", "database_direct_url", "pgbouncer_admin_url"):
         try:
             conninfo_to_dict(getattr(s, name))

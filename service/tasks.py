@@ -89,6 +89,40 @@ class NewTask:
     request_fingerprint: str | None = None
     # The caller's openid; None for an anonymous caller (AUTH_REQUIRED off).
     owner_openid: str | None = None
+    # Whom the fairness limits count the task against (see requester_key).
+    requester: str = ""
+    # The subscribe-message template to notify the owner with when the task finishes.
+    notice_template_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The fairness limits of one requester; 0: none."""
+
+    creates_per_minute: int = 0
+    max_unfinished: int = 0
+    # Retry-After for a requester at its unfinished cap: tasks take a while to finish.
+    unfinished_retry_s: int = 30
+
+
+def requester_key(owner_openid: str | None, client_address: str | None) -> str:
+    """Who a create counts against: the user, else (anonymous) the client's address."""
+    if owner_openid:
+        return f"openid:{owner_openid}"
+    return f"addr:{client_address or 'unknown'}"
+
+
+class Refusal(StrEnum):
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_UNFINISHED = "too_many_unfinished"
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A create the fairness limits turned away; nothing was stored."""
+
+    reason: Refusal
+    retry_after_s: float
 
 
 @dataclass(frozen=True)
@@ -113,15 +147,18 @@ class ClaimedTask:
     attempts: int
 
 
-async def create(pool: AsyncConnectionPool, new: NewTask) -> CreatedTask:
-    """Insert a pending task, or return the one an earlier try or Idempotency-Key made."""
-    params = {"task_id": uuid.uuid4(), **new.__dict__}
+async def create(pool: AsyncConnectionPool, new: NewTask,
+                 limits: Limits = Limits()) -> CreatedTask | Refused:
+    """Insert a pending task, or return the one an earlier try or Idempotency-Key made;
+    or, when the requester is over a fairness limit, store nothing and say why."""
+    params = {"task_id": uuid.uuid4(), **new.__dict__,
+              "creates_per_minute": limits.creates_per_minute,
+              "max_unfinished": limits.max_unfinished,
+              "unfinished_retry_s": limits.unfinished_retry_s}
     row = await db.fetch_one(pool, "create_task", params)
-    if row is None:
-        # A concurrent request with the same key committed after this statement's snapshot:
-        # the insert saw the conflict, the select could not yet see the row. Ask again.
-        row = await db.fetch_one(pool, "create_task", params)
-    assert row is not None, "create_task returns the inserted or the existing row"
+    assert row is not None, "create_task answers one row"
+    if row["refused"] is not None:
+        return Refused(Refusal(row["refused"]), retry_after_s=row["retry_after_s"])
     return CreatedTask(task_id=row["task_id"], status=Status(row["status"]),
                        total_parts=row["total_parts"],
                        request_fingerprint=row["request_fingerprint"], created=row["created"])
@@ -181,10 +218,20 @@ async def complete(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token
         "video_key": video_key})
 
 
+class FailureCode(StrEnum):
+    """Why a failed task failed, for the client (progress answers it as error_code)."""
+
+    # The provider's moderation refused the text or the video it made.
+    CONTENT_REJECTED = "content_rejected"
+    GENERATION_FAILED = "generation_failed"
+
+
 async def fail(pool: AsyncConnectionPool, *, task_id: uuid.UUID, claim_token: uuid.UUID,
-               error_message: str) -> bool:
+               error_message: str,
+               error_code: FailureCode = FailureCode.GENERATION_FAILED) -> bool:
     return await db.changed(pool, "fail_task", {
-        "task_id": task_id, "claim_token": claim_token, "error_message": error_message})
+        "task_id": task_id, "claim_token": claim_token, "error_message": error_message,
+        "error_code": error_code.value})
 
 
 async def retry_later(pool: AsyncConnectionPool, *, task_id: uuid.UUID,
@@ -218,6 +265,12 @@ async def delete_finished(pool: AsyncConnectionPool, *, older_than_days: int,
     return len(rows)
 
 
+async def delete_idle_requesters(pool: AsyncConnectionPool, *, limit: int) -> int:
+    """Retention of fairness rows: one batch of requesters with nothing left to count."""
+    rows = await db.fetch_all(pool, "delete_idle_requesters", {"limit": limit})
+    return len(rows)
+
+
 async def count_for_metrics(pool: AsyncConnectionPool, *,
                             finished_window_s: float) -> list[dict[str, Any]]:
     """Unfinished tasks by status, and tasks finished in the last window (no full scan)."""
@@ -247,6 +300,7 @@ def progress_json(row: dict[str, Any]) -> dict[str, Any]:
         "total_parts": row["total_parts"],
         "video_url": row["video_url"],
         "error_message": row["error_message"],
+        "error_code": row.get("error_code"),
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
     }

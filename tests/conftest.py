@@ -84,6 +84,9 @@ def stack() -> Iterator[Stack]:
         worker_poll_interval_s=0.2,
         retry_base_delay_s=0.2,
         shutdown_grace_s=10.0,
+        # Tests create many tasks from one address; the fairness tests set their own.
+        user_creates_per_minute=0,
+        user_max_unfinished=0,
     )
     try:
         stack.up(app=False, log=lambda _msg: None)

@@ -170,7 +170,8 @@ async def test_names_follow_prometheus_conventions(pool):
     api_metrics.pool = pool
     worker = SimpleNamespace(running={}, settings=SimpleNamespace(worker_concurrency=4),
                              completed=1, failed=0, clip_creates=2,
-                             possible_duplicate_creates=0, parts_reused=1, usage_tokens=99)
+                             possible_duplicate_creates=0, parts_reused=1, usage_tokens=99,
+                             notifier=SimpleNamespace(outcomes={"sent": 3}))
     api_metrics.extra.append(metrics.worker_collector(worker))
     text = (await api_metrics.render()).decode()
     found = families(text)

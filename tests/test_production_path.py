@@ -170,6 +170,11 @@ async def test_content_rejected_by_the_provider_fails_the_task_at_once(
     assert "审核" in row["error_message"], row
     assert fake_ark.count_creates(product) == 0
     assert [p["state"] for p in ledger(direct, created["task_id"])] == ["failed"]
+    # The user learns it as from WeChat's own check: the code content_rejected.
+    async with http.get(f"{api.url}/api/progress/{created['task_id']}") as resp:
+        answer = await resp.json()
+    assert (answer["status"], answer["error_code"]) == ("failed", "content_rejected")
+    assert "审核" in answer["error_message"]
 
 
 async def test_a_lost_create_answer_is_never_resent_and_its_duplicate_is_counted(

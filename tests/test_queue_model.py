@@ -45,6 +45,8 @@ from tests.conftest import Databases
 
 WORKERS = 3
 MAX_TASKS = 3
+# Tasks of two users: the fairness counters must stay exact for each.
+REQUESTERS = ("openid:a", "addr:127.0.0.1")
 # Leases never run out by themselves during a run: time moves only when a rule says so.
 LEASE_S = 600.0
 # A retry delay that is still running at the end of any run, unless time moves.
@@ -111,8 +113,10 @@ class QueueModel(RuleBasedStateMachine):
         # The test's own database, emptied for each example: a copy of the template (and
         # new connections) per example would cost more than the example's steps.
         self.direct.execute(
-            "TRUNCATE video_generation_tasks, video_task_parts, video_task_attempts")
+            "TRUNCATE video_generation_tasks, video_task_parts, video_task_attempts, "
+            "video_task_notices, video_task_requesters")
         self.tasks: dict[uuid.UUID, Task] = {}
+        self.requester_of: dict[uuid.UUID, str] = {}
         self.claims: list[Claim] = []
         # What each worker believes it runs (it passes them to claim_tasks).
         self.running: list[list[Claim]] = [[] for _ in range(WORKERS)]
@@ -174,15 +178,18 @@ class QueueModel(RuleBasedStateMachine):
         self.create(total_parts)
 
     @precondition(lambda self: len(self.tasks) < MAX_TASKS)
-    @rule(total_parts=st.integers(1, 2))
-    def create(self, total_parts: int) -> None:
+    @rule(total_parts=st.integers(1, 2), requester=st.sampled_from(REQUESTERS))
+    def create(self, total_parts: int, requester: str = REQUESTERS[0]) -> None:
         task_id = uuid.uuid4()
         (row,) = self.run(0, "create_task", {
             "task_id": task_id, "product_name": "螺栓", "theme": "品质",
             "duration": 5 * total_parts, "type": "video", "total_parts": total_parts,
-            "idempotency_key": None, "request_fingerprint": None, "owner_openid": None})
+            "idempotency_key": None, "request_fingerprint": None, "owner_openid": None,
+            "requester": requester, "notice_template_id": None, "creates_per_minute": 0,
+            "max_unfinished": 0, "unfinished_retry_s": 30})
         assert row[0] == task_id
         self.tasks[task_id] = Task(total_parts)
+        self.requester_of[task_id] = requester
 
     @rule(worker=st.integers(0, WORKERS - 1), limit=st.integers(1, 3))
     def claim(self, worker: int, limit: int) -> None:
@@ -285,7 +292,7 @@ class QueueModel(RuleBasedStateMachine):
                           "lease_s": LEASE_S},
             "complete_task": {"video_url": "http://x/stale.mp4",
                               "video_key": "videos/stale.mp4"},
-            "fail_task": {"error_message": "stale"},
+            "fail_task": {"error_message": "stale", "error_code": "generation_failed"},
             "retry_task": {"error_message": "stale", "delay_s": 0.0},
             "release_task": {},
         }[statement]
@@ -340,7 +347,8 @@ class QueueModel(RuleBasedStateMachine):
         again at once, or after a backoff), or a graceful hand-back."""
         claim = self.pick(data, self.claims)
         if how == "fail":
-            if self.guarded(claim, "fail_task", {"error_message": "the provider refused"},
+            if self.guarded(claim, "fail_task", {"error_message": "the provider refused",
+                                                 "error_code": "content_rejected"},
                             self.owns(claim)):
                 self.end_claim(claim, "failed").status = "failed"
         elif how.startswith("retry"):
@@ -412,6 +420,18 @@ class QueueModel(RuleBasedStateMachine):
                 "SELECT task_id, claim_token, outcome FROM video_task_attempts"):
             outcomes[task_id][token] = outcome
         assert outcomes == {task_id: task.outcomes for task_id, task in self.tasks.items()}
+
+    @invariant()
+    def each_requesters_unfinished_count_is_exact(self) -> None:
+        """The fairness cap's counter, kept by create, complete, fail and the rescuer in
+        their own statements, always equals the requester's unfinished tasks."""
+        counted = dict(self.direct.execute(
+            "SELECT requester, unfinished FROM video_task_requesters").fetchall())
+        for requester in REQUESTERS:
+            unfinished = sum(1 for task_id, task in self.tasks.items()
+                             if self.requester_of[task_id] == requester
+                             and task.status not in ("completed", "failed"))
+            assert counted.get(requester, 0) == unfinished, (requester, counted)
 
     @invariant()
     def at_most_one_open_claim_per_task_and_it_is_the_tasks(self) -> None:

@@ -50,7 +50,7 @@ STATEMENTS = {
                             "lease_s": 30},
     "complete_task": {"claim_token": TOKEN, "video_url": "http://x/v.mp4",
                       "video_key": "videos/v.mp4"},
-    "fail_task": {"claim_token": TOKEN, "error_message": "no"},
+    "fail_task": {"claim_token": TOKEN, "error_message": "no", "error_code": "generation_failed"},
     "retry_task": {"claim_token": TOKEN, "error_message": "again", "delay_s": 0},
     "release_task": {"claim_token": TOKEN},
     "rescue_expired_tasks": {"max_attempts": 3, "limit": 100},

@@ -7,6 +7,7 @@ between requests but the pool, so any number of API processes can serve the same
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,8 +18,8 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from service import auth, db, errors, metrics, storage, tasks, wechat
+from service.api import moderation, validation, video_urls
 from service.api import progress as progress_reads
-from service.api import validation, video_urls
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -142,9 +143,16 @@ async def generate_video(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     owner = caller(request)
     body = await _json_body(request)
-    new = validation.create_request(body, settings, request.headers.get("Idempotency-Key"),
-                                    owner_openid=owner)
-    created = await tasks.create(request.app[POOL_KEY], new)
+    client = request.app.get(WECHAT_KEY)
+    new = validation.create_request(
+        body, settings, request.headers.get("Idempotency-Key"), owner_openid=owner,
+        requester=tasks.requester_key(owner, request.remote),
+        notices_available=client is not None)
+    if settings.content_check:
+        await _screen(request, client, owner, [new.product_name, new.theme])
+    created = await tasks.create(request.app[POOL_KEY], new, _limits(settings))
+    if isinstance(created, tasks.Refused):
+        raise _over_limit(request, settings, created)
     headers = {"Location": f"/api/progress/{created.task_id}"}
     if not created.created:
         if new.idempotency_key is None or created.request_fingerprint != new.request_fingerprint:
@@ -154,6 +162,38 @@ async def generate_video(request: web.Request) -> web.Response:
         headers["Idempotent-Replayed"] = "true"
     return json_response({"task_id": str(created.task_id), "status": created.status.value,
                           "total_parts": created.total_parts}, status=202, headers=headers)
+
+
+async def _screen(request: web.Request, client: wechat.WeChat | None, owner: str | None,
+                  texts: list[str]) -> None:
+    """Refuse text WeChat finds risky (422), or any text while it gives no verdict and
+    CONTENT_CHECK_FAIL_OPEN is off (503). Before the task is stored: nothing is."""
+    settings = request.app[SETTINGS_KEY]
+    outcome = await moderation.screen(client, settings, openid=owner, texts=texts)
+    request.app[METRICS_KEY].content_checks.labels(outcome.verdict).inc()
+    if outcome.screening is moderation.Screening.REJECTED:
+        raise ApiError(422, "content_rejected", moderation.REJECTED_MESSAGE)
+    if outcome.screening is moderation.Screening.UNAVAILABLE:
+        raise ApiError(503, "content_check_unavailable", moderation.UNAVAILABLE_MESSAGE,
+                       headers={"Retry-After": str(settings.retry_after_s)})
+
+
+def _limits(settings: Settings) -> tasks.Limits:
+    return tasks.Limits(creates_per_minute=settings.user_creates_per_minute,
+                        max_unfinished=settings.user_max_unfinished)
+
+
+def _over_limit(request: web.Request, settings: Settings, refused: tasks.Refused) -> ApiError:
+    request.app[METRICS_KEY].creates_refused.labels(refused.reason.value).inc()
+    retry_after = max(1, math.ceil(refused.retry_after_s))
+    if refused.reason is tasks.Refusal.TOO_MANY_UNFINISHED:
+        message = (f"你已有 {settings.user_max_unfinished} 个视频正在生成，请等其完成后再试 / "
+                   f"you already have {settings.user_max_unfinished} videos in progress; "
+                   "wait for one to finish")
+    else:
+        message = (f"创建太频繁，请 {retry_after} 秒后再试 / too many videos created (at most "
+                   f"{settings.user_creates_per_minute} a minute); retry in {retry_after} s")
+    return ApiError(429, refused.reason.value, message, headers={"Retry-After": str(retry_after)})
 
 
 async def progress(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from service.settings import Settings
 
 VIDEO_TYPES = frozenset({"video"})
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+# Subscribe-message template ids are 43 characters of base64url; allow some room.
+TEMPLATE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # Emoji and pictographs: the video fonts have no glyphs for them (they would render as
 # empty boxes), so they are refused here rather than shown broken on the video. Ranges:
 # pictographs, emoticons, transport, supplemental symbols and flags; miscellaneous
@@ -40,7 +43,8 @@ class Invalid(Exception):
 
 
 def create_request(body: Any, settings: Settings, idempotency_key: str | None, *,
-                   owner_openid: str | None = None) -> tasks.NewTask:
+                   owner_openid: str | None = None, requester: str = "",
+                   notices_available: bool = False) -> tasks.NewTask:
     if not isinstance(body, dict):
         raise Invalid("body", "the body must be a JSON object")
     product_name = _text(body, "product_name", settings.text_max_chars)
@@ -51,8 +55,9 @@ def create_request(body: Any, settings: Settings, idempotency_key: str | None, *
         raise Invalid("type", 'type is required and must be "video"')
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
+    template_id = _template_id(body, owner_openid, notices_available)
     fields = {"product_name": product_name, "theme": theme, "duration": duration,
-              "type": video_type}
+              "type": video_type, "notice_template_id": template_id}
     # The owner is part of the request: one user's Idempotency-Key never answers another's.
     fingerprint = hashlib.sha256(orjson.dumps({**fields, "owner": owner_openid},
                                               option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -62,7 +67,26 @@ def create_request(body: Any, settings: Settings, idempotency_key: str | None, *
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
         owner_openid=owner_openid,
+        requester=requester,
     )
+
+
+def _template_id(body: dict[str, Any], owner_openid: str | None,
+                 notices_available: bool) -> str | None:
+    """The optional subscribe-message template id (from wx.requestSubscribeMessage)."""
+    value = body.get("template_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not TEMPLATE_ID_PATTERN.match(value):
+        raise Invalid("template_id", "template_id must be the subscribe-message template id "
+                                     "(1 to 128 letters, digits, - or _)")
+    if not owner_openid:
+        raise Invalid("template_id", "template_id needs a logged-in user (POST /api/login): "
+                                     "the message goes to the user's WeChat")
+    if not notices_available:
+        raise Invalid("template_id", "this server sends no subscribe messages "
+                                     "(WECHAT_APPID is not set)")
+    return value
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:

@@ -3,37 +3,28 @@
 -- Transaction pooling: each statement runs alone (autocommit), no session state.
 
 -- create_task --
--- Idempotent: a retried insert of the same task_id, or a repeated Idempotency-Key,
--- returns the existing row instead of a duplicate. created is true when the row is this
--- request's own task_id: also on a retry whose first try committed but lost its answer.
-WITH inserted AS (
-    INSERT INTO video_generation_tasks
-        (task_id, product_name, theme, duration, type, total_parts,
-         idempotency_key, request_fingerprint, owner_openid)
-    VALUES
-        (%(task_id)s, %(product_name)s, %(theme)s, %(duration)s, %(type)s, %(total_parts)s,
-         %(idempotency_key)s, %(request_fingerprint)s, %(owner_openid)s)
-    ON CONFLICT DO NOTHING
-    RETURNING task_id, status, total_parts, request_fingerprint, true AS created
-)
-SELECT task_id, status, total_parts, request_fingerprint, created FROM inserted
-UNION ALL
-SELECT task_id, status, total_parts, request_fingerprint, task_id = %(task_id)s AS created
-FROM video_generation_tasks
-WHERE (task_id = %(task_id)s OR idempotency_key = %(idempotency_key)s)
-  AND NOT EXISTS (SELECT 1 FROM inserted)
-LIMIT 1;
+-- Idempotent, and fair (create_video_task in migration 006): a retried insert of the same
+-- task_id, or a repeated Idempotency-Key, returns the existing row instead of a duplicate,
+-- and is never charged; a new task is refused (refused, retry_after_s) when its requester
+-- is over a limit. created is true when the row is this request's own task_id: also on
+-- a retry whose first try committed but lost its answer.
+SELECT task_id, status, total_parts, request_fingerprint, created, refused, retry_after_s
+FROM create_video_task(
+    %(task_id)s, %(product_name)s, %(theme)s, %(duration)s, %(type)s, %(total_parts)s,
+    %(idempotency_key)s, %(request_fingerprint)s, %(owner_openid)s, %(requester)s,
+    %(notice_template_id)s, %(creates_per_minute)s, %(max_unfinished)s,
+    %(unfinished_retry_s)s);
 
 -- get_progress --
 SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
-       error_message, created_at, updated_at, owner_openid
+       error_message, error_code, created_at, updated_at, owner_openid
 FROM video_generation_tasks
 WHERE task_id = %(task_id)s;
 
 -- get_progress_many --
 -- The same row for many tasks at once: the API answers concurrent polls with one statement.
 SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
-       error_message, created_at, updated_at, owner_openid
+       error_message, error_code, created_at, updated_at, owner_openid
 FROM video_generation_tasks
 WHERE task_id = ANY(%(task_ids)s);
 
@@ -42,7 +33,7 @@ WHERE task_id = ANY(%(task_ids)s);
 -- where that one did (keyset: created_at, task_id), so pages never skip or repeat a task
 -- while new ones arrive.
 SELECT task_id, status, progress, current_part, total_parts, video_url, video_key,
-       error_message, created_at, updated_at, owner_openid
+       error_message, error_code, created_at, updated_at, owner_openid
 FROM video_generation_tasks
 WHERE owner_openid = %(owner_openid)s
   AND (%(before_created_at)s::timestamptz IS NULL
@@ -58,19 +49,33 @@ FROM video_generation_tasks
 WHERE task_id = %(task_id)s;
 
 -- claim_tasks --
--- Lease up to %(limit)s runnable pending tasks in one statement. SKIP LOCKED lets many
--- workers claim at once without waiting on each other's rows; the lock ends at commit,
--- and from then on the claim token says who owns the task: every later statement about
--- it must present the token while the lease is live. Tasks this worker still runs (an
--- old run that has not yet noticed its lease is gone) are not claimed again.
-WITH claimable AS (
-    SELECT task_id
+-- Lease up to %(limit)s runnable pending tasks in one statement, fairly across
+-- requesters: a task's turn counts the tasks its requester already has running or ahead
+-- of it in line, and lower turns go first (then run order). So one user's backlog of 200
+-- never holds back another user's first task, and a requester's own tasks keep their
+-- order. SKIP LOCKED lets many workers claim at once without waiting on each other's
+-- rows; the lock ends at commit, and from then on the claim token says who owns the
+-- task: every later statement about it must present the token while the lease is live.
+-- Tasks this worker still runs (an old run that has not yet noticed its lease is gone)
+-- are not claimed again.
+WITH turns AS (
+    SELECT task_id, status, run_after, created_at,
+           row_number() OVER (PARTITION BY requester
+                              ORDER BY status = 'pending', run_after, created_at) AS turn
     FROM video_generation_tasks
-    WHERE status = 'pending' AND run_after <= now()
-      AND task_id <> ALL(%(running)s::uuid[])
-    ORDER BY run_after, created_at
+    WHERE status IN ('generating', 'merging', 'uploading')
+       OR (status = 'pending' AND run_after <= now())
+), claimable AS (
+    SELECT t.task_id
+    FROM video_generation_tasks AS t
+    JOIN turns ON turns.task_id = t.task_id
+    WHERE turns.status = 'pending'
+      -- Again on the locked row: another worker may have claimed it meanwhile.
+      AND t.status = 'pending' AND t.run_after <= now()
+      AND t.task_id <> ALL(%(running)s::uuid[])
+    ORDER BY turns.turn, turns.run_after, turns.created_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF t SKIP LOCKED
 ), claimed AS (
     UPDATE video_generation_tasks AS t
     SET status = 'generating',
@@ -118,31 +123,53 @@ WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_
 RETURNING task_id;
 
 -- complete_task --
+-- Finishing a task also counts it out of its requester's unfinished tasks and, when the
+-- mini-program asked for one, puts its notice in the outbox: all in the one statement,
+-- so a crash can split none of them.
 WITH task AS (
     UPDATE video_generation_tasks
     SET status = 'completed', progress = 100, current_part = total_parts,
         video_url = %(video_url)s, video_key = %(video_key)s, error_message = NULL,
-        worker_id = NULL, claim_token = NULL, lease_expires_at = NULL,
+        error_code = NULL, worker_id = NULL, claim_token = NULL, lease_expires_at = NULL,
         finished_at = now(), updated_at = now()
     WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
       AND status = 'uploading'
-    RETURNING task_id
+    RETURNING task_id, requester, owner_openid, notice_template_id
 ), audited AS (
     UPDATE video_task_attempts SET outcome = 'completed', ended_at = now()
     WHERE claim_token = %(claim_token)s AND EXISTS (SELECT 1 FROM task)
+), counted_out AS (
+    UPDATE video_task_requesters AS r
+    SET unfinished = greatest(r.unfinished - 1, 0), updated_at = now()
+    FROM task WHERE r.requester = task.requester
+), noticed AS (
+    INSERT INTO video_task_notices (task_id, openid, template_id)
+    SELECT task_id, owner_openid, notice_template_id FROM task
+    WHERE notice_template_id IS NOT NULL AND owner_openid IS NOT NULL
+    ON CONFLICT DO NOTHING
 )
 SELECT task_id FROM task;
 
 -- fail_task --
 WITH task AS (
     UPDATE video_generation_tasks
-    SET status = 'failed', error_message = %(error_message)s, worker_id = NULL,
-        claim_token = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+    SET status = 'failed', error_message = %(error_message)s, error_code = %(error_code)s,
+        worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, finished_at = now(),
+        updated_at = now()
     WHERE task_id = %(task_id)s AND claim_token = %(claim_token)s AND lease_expires_at > now()
-    RETURNING task_id
+    RETURNING task_id, requester, owner_openid, notice_template_id
 ), audited AS (
     UPDATE video_task_attempts SET outcome = 'failed', ended_at = now()
     WHERE claim_token = %(claim_token)s AND EXISTS (SELECT 1 FROM task)
+), counted_out AS (
+    UPDATE video_task_requesters AS r
+    SET unfinished = greatest(r.unfinished - 1, 0), updated_at = now()
+    FROM task WHERE r.requester = task.requester
+), noticed AS (
+    INSERT INTO video_task_notices (task_id, openid, template_id)
+    SELECT task_id, owner_openid, notice_template_id FROM task
+    WHERE notice_template_id IS NOT NULL AND owner_openid IS NOT NULL
+    ON CONFLICT DO NOTHING
 )
 SELECT task_id FROM task;
 
@@ -179,6 +206,7 @@ SELECT task_id FROM task;
 -- Tasks whose worker died or froze: back to pending, or failed once out of attempts.
 -- Bounded batches: a long outage must not become one huge statement. Only running tasks
 -- have a lease (the lease CHECK), so an expired lease finds exactly the stranded ones.
+-- A task failed here is counted out and noticed like one failed by its worker.
 WITH expired AS (
     SELECT task_id, claim_token
     FROM video_generation_tasks
@@ -193,15 +221,27 @@ WITH expired AS (
             THEN 'The video could not be generated: the worker stopped responding '
                  || t.attempts || ' times.'
             ELSE t.error_message END,
+        error_code = CASE WHEN t.attempts >= %(max_attempts)s THEN 'generation_failed' END,
         finished_at = CASE WHEN t.attempts >= %(max_attempts)s THEN now() END,
         worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, run_after = now(),
         updated_at = now()
     FROM expired
     WHERE t.task_id = expired.task_id
-    RETURNING t.task_id, t.status
+    RETURNING t.task_id, t.status, t.requester, t.owner_openid, t.notice_template_id
 ), audited AS (
     UPDATE video_task_attempts SET outcome = 'expired', ended_at = now()
     WHERE claim_token IN (SELECT claim_token FROM expired) AND outcome IS NULL
+), counted_out AS (
+    UPDATE video_task_requesters AS r
+    SET unfinished = greatest(r.unfinished - failed.tasks, 0), updated_at = now()
+    FROM (SELECT requester, count(*)::integer AS tasks FROM rescued
+          WHERE status = 'failed' GROUP BY requester) AS failed
+    WHERE r.requester = failed.requester
+), noticed AS (
+    INSERT INTO video_task_notices (task_id, openid, template_id)
+    SELECT task_id, owner_openid, notice_template_id FROM rescued
+    WHERE status = 'failed' AND notice_template_id IS NOT NULL AND owner_openid IS NOT NULL
+    ON CONFLICT DO NOTHING
 )
 SELECT task_id, status FROM rescued;
 

@@ -17,3 +17,18 @@ WHERE task_id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING task_id;
+
+-- delete_idle_requesters --
+-- The fairness rows of requesters with nothing unfinished whose rate limit has long run
+-- out: a user who comes back starts afresh, exactly as the row's absence means.
+DELETE FROM video_task_requesters
+WHERE requester IN (
+    SELECT requester
+    FROM video_task_requesters
+    WHERE unfinished = 0 AND updated_at < now() - interval '1 hour'
+      AND next_create_at < now()
+    ORDER BY updated_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING requester;

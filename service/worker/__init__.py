@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 
-from service import db, metrics, providers, storage
+from service import db, metrics, providers, storage, wechat
 from service.settings import Settings
+from service.worker.notifier import Notifier
 from service.worker.runner import Worker
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,13 @@ async def serve(settings: Settings) -> None:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     pool = db.create_pool(settings, name="video-tasks-worker")
     await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
-    worker = Worker(settings, pool, provider, store)
+    client = None
+    notifier = None
+    if settings.wechat_appid:
+        client = wechat.WeChat(settings.wechat_api_base, settings.wechat_appid,
+                               settings.wechat_secret, timeout_s=settings.wechat_timeout_s)
+        notifier = Notifier(settings, pool, client)
+    worker = Worker(settings, pool, provider, store, notifier=notifier)
     worker_metrics = metrics.ServiceMetrics("worker")
     worker_metrics.pool = pool
     worker_metrics.extra.append(metrics.worker_collector(worker))
@@ -48,4 +55,6 @@ async def serve(settings: Settings) -> None:
             await metrics_runner.cleanup()
         await provider.close()
         await store.close()
+        if client is not None:
+            await client.close()
         await pool.close()

@@ -36,6 +36,7 @@ from service import errors, parts, storage, tasks
 from service.providers import PartJob, VideoProvider
 from service.settings import Settings
 from service.storage import ObjectStorage
+from service.worker.notifier import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,11 @@ class Run:
 
 class Worker:
     def __init__(self, settings: Settings, pool: AsyncConnectionPool, provider: VideoProvider,
-                 store: ObjectStorage, *, worker_id: str | None = None) -> None:
+                 store: ObjectStorage, *, worker_id: str | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.settings = settings
+        # Sends the outbox's subscribe messages; None without WECHAT_APPID.
+        self.notifier = notifier
         self.pool = pool
         self.provider = provider
         self.storage = store
@@ -108,10 +112,18 @@ class Worker:
         helpers = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                    asyncio.create_task(self._rescue_loop(), name="rescuer"),
                    asyncio.create_task(self._retention_loop(), name="retention")]
+        notifying = None
+        if self.notifier is not None:
+            notifying = asyncio.create_task(self.notifier.run(), name="notifier")
         try:
             await self._claim_loop()
             await self._drain()
         finally:
+            if notifying is not None and self.notifier is not None:
+                # The send in flight is let finish and settle: one cut off is lost.
+                self.notifier.stop()
+                await asyncio.wait([notifying], timeout=RELEASE_TIMEOUT_S)
+                helpers.append(notifying)
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -155,6 +167,8 @@ class Worker:
     def _finished(self, task_id: uuid.UUID, _runner: asyncio.Task[None] | None = None) -> None:
         self.running.pop(task_id, None)
         self._slot_freed.set()
+        if self.notifier is not None:
+            self.notifier.wake.set()  # a finished task may have left a notice
 
     async def _drain(self) -> None:
         """Give in-flight stages the grace period, then cancel what is left."""
@@ -228,6 +242,10 @@ class Worker:
                         self.pool, older_than_days=days, limit=batch)
                     deleted += batch_deleted
                     if batch_deleted < batch:
+                        break
+                    await asyncio.sleep(RETENTION_PAUSE_S)
+                while True:
+                    if await tasks.delete_idle_requesters(self.pool, limit=batch) < batch:
                         break
                     await asyncio.sleep(RETENTION_PAUSE_S)
             except errors.DatabaseUnavailable as exc:
@@ -399,7 +417,8 @@ class Worker:
         """The provider refused for good (content rejected, bad credentials): no retry."""
         logger.warning("task %s: refused by the provider (%s): failing it", run.task.task_id,
                        exc.code or "no code")
-        await self._finish_failed(run, exc.message)
+        await self._finish_failed(run, exc.message, tasks.FailureCode.CONTENT_REJECTED
+                                  if exc.content_rejected else tasks.FailureCode.GENERATION_FAILED)
 
     async def _after_failure(self, run: Run, exc: BaseException) -> None:
         task = run.task
@@ -417,9 +436,11 @@ class Worker:
                                error_message=f"Attempt {task.attempts} failed: {reason}; "
                                              "retrying.", delay_s=delay)
 
-    async def _finish_failed(self, run: Run, message: str) -> None:
+    async def _finish_failed(self, run: Run, message: str,
+                             code: tasks.FailureCode = tasks.FailureCode.GENERATION_FAILED
+                             ) -> None:
         with self._unrecorded(run):
-            await self._record(tasks.fail, run, error_message=message)
+            await self._record(tasks.fail, run, error_message=message, error_code=code)
             self.failed += 1
 
     @contextlib.contextmanager

@@ -30,7 +30,8 @@ Switches (attributes or methods; any thread may call them):
 - `fail_next(api, errcode, times=1)`: the next `times` requests to api ("jscode2session",
   "stable_token", "msg_sec_check", "subscribe_send") answer that errcode (45011, -1,
   40226, ...). `drop_next(api, times=1)`: carried out, then the connection is closed
-  without an answer (a lost answer).
+  without an answer (a lost answer). `hold(api, seconds)`: requests to api wait that long
+  (0 releases them) before they are served or counted.
 - `expires_in` (lifetime of new tokens, s), `max_value_chars`.
 
 Counts: `token_fetches`, `requests` (Counter by api), `logins`, `checks` (list of the
@@ -43,6 +44,7 @@ Control endpoints (no auth; for tests that run the API in a subprocess):
 - `POST /_fake/subscribe` {"openid", "template_id", "times"?}
 - `POST /_fake/expire_token`
 - `POST /_fake/fail` {"api", "errcode", "times"?}; `POST /_fake/drop` {"api", "times"?}
+- `POST /_fake/hold` {"api", "seconds"}
 - `POST /_fake/config` {"expires_in": 7200, "max_value_chars": 20}
 - `GET  /_fake/stats` -> counts, checks and sent messages; `POST /_fake/reset`.
 
@@ -132,6 +134,8 @@ class FakeWeChat:
             self.current_token: str | None = None
             self.failures: dict[str, list[int]] = {api: [] for api in APIS}
             self.drops: Counter[str] = Counter()
+            # api -> monotonic time until which its requests wait before being served.
+            self.holds: dict[str, float] = {}
             self.token_fetches = 0
             self.logins = 0
             self.requests: Counter[str] = Counter()
@@ -176,6 +180,13 @@ class FakeWeChat:
         self._check_api(api)
         with self._lock:
             self.drops[api] += times
+
+    def hold(self, api: str, seconds: float) -> None:
+        """Requests to api wait up to `seconds` before being served (0: serve now); a
+        client cut off meanwhile was never served."""
+        self._check_api(api)
+        with self._lock:
+            self.holds[api] = time.monotonic() + seconds
 
     def configure(self, **switches: Any) -> None:
         unknown = set(switches) - CONFIG_KEYS
@@ -234,7 +245,8 @@ class FakeWeChat:
             "codes": self._ctl_codes, "visit": self._ctl_visit, "risky": self._ctl_risky,
             "review": self._ctl_review, "subscribe": self._ctl_subscribe,
             "expire_token": self._ctl_expire_token, "fail": self._ctl_fail,
-            "drop": self._ctl_drop, "config": self._ctl_config, "reset": self._ctl_reset,
+            "drop": self._ctl_drop, "hold": self._ctl_hold, "config": self._ctl_config,
+            "reset": self._ctl_reset,
         }.items():
             app.router.add_post(f"/_fake/{name}", self._control(handler))
         app.router.add_get("/_fake/stats", self._ctl_stats)
@@ -244,6 +256,11 @@ class FakeWeChat:
         """Counting, the fail_next / drop_next switches, then the API itself."""
         async def serve(request: web.Request) -> web.StreamResponse:
             raw = await request.read()
+            while True:  # the hold may be moved or released by another thread
+                left = self.holds.get(api, 0.0) - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(left, 0.02))
             with self._lock:
                 self.requests[api] += 1
                 failure = self.failures[api].pop(0) if self.failures[api] else None
@@ -434,6 +451,9 @@ class FakeWeChat:
 
     def _ctl_drop(self, spec: dict[str, Any]) -> None:
         self.drop_next(str(spec["api"]), int(spec.get("times", 1)))
+
+    def _ctl_hold(self, spec: dict[str, Any]) -> None:
+        self.hold(str(spec["api"]), float(spec.get("seconds", 0)))
 
     def _ctl_config(self, spec: dict[str, Any]) -> None:
         self.configure(**spec)
