@@ -31,7 +31,11 @@ def provision(superuser_url: str, settings: Settings, *, auth_user: str,
     app = conninfo_to_dict(settings.database_direct_url)
     app_user, app_password, db_name = (str(app["user"]), str(app.get("password", "")),
                                        str(app["dbname"]))
+    owner = conninfo_to_dict(settings.database_owner_url)
+    owner_user = str(owner["user"])
     names = {
+        "provision.owner_user": owner_user,
+        "provision.owner_password": str(owner.get("password", "")),
         "provision.app_user": app_user,
         "provision.app_password": app_password,
         "provision.auth_user": auth_user,
@@ -41,14 +45,18 @@ def provision(superuser_url: str, settings: Settings, *, auth_user: str,
         _set_names(conn, names)
         conn.execute((SQL_DIR / "provision_roles.sql").read_text())
         exists = conn.execute(STATEMENTS["find_database"], {"name": db_name}).fetchone()
+        identifiers = {"database": sql.Identifier(db_name),
+                       "owner_user": sql.Identifier(owner_user),
+                       "app_user": sql.Identifier(app_user)}
         if not exists:
             conn.execute(sql.SQL(STATEMENTS["create_database"]).format(
-                database=sql.Identifier(db_name), owner=sql.Identifier(app_user)))
+                database=identifiers["database"], owner=identifiers["owner_user"]))
+        conn.execute(sql.SQL(STATEMENTS["own_database"]).format(**identifiers))
     with psycopg.connect(make_conninfo(superuser_url, dbname=db_name), autocommit=True) as conn:
         _set_names(conn, names)
         conn.execute((SQL_DIR / "provision_auth_lookup.sql").read_text())
-        conn.execute(sql.SQL(STATEMENTS["grant_schema_to_app"]).format(
-            app_user=sql.Identifier(app_user)))
+        for name in ("reassign_app_objects", "own_schema", "limit_app_on_schema"):
+            conn.execute(sql.SQL(STATEMENTS[name]).format(**identifiers))
 
 
 def _set_names(conn: psycopg.Connection, names: dict[str, str]) -> None:

@@ -40,7 +40,8 @@ _STACK_ENV_PREFIXES = ("PGBOUNCER_", "DATABASE_", "POSTGRES_", "API_", "METRICS_
                        "WORKER_", "APP_POOL_", "VIDEO_", "ARK_", "STORAGE_", "S3_", "AWS_",
                        "SIMULATED_", "DOCTOR_")
 # Derived from the ports when unset; passed on only when set to something else.
-_DERIVED = ("database_url", "database_direct_url", "pgbouncer_admin_url", "public_base_url")
+_DERIVED = ("database_url", "database_direct_url", "database_owner_url", "pgbouncer_admin_url",
+            "public_base_url")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

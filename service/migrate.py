@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from service import queries
 from service.settings import Settings
@@ -41,7 +42,7 @@ def migrate(settings: Settings) -> list[str]:
     applied = []
     named = statements()
     lock = {"key": MIGRATION_LOCK_KEY}
-    with psycopg.connect(settings.database_direct_url, autocommit=True,
+    with psycopg.connect(settings.database_owner_url, autocommit=True,
                          application_name="video-tasks-migrate") as conn:
         conn.execute(named["disable_statement_timeout"])
         # One lock for the whole run, not one per file: with a lock per file, two runs
@@ -61,23 +62,33 @@ def migrate(settings: Settings) -> list[str]:
                     conn.execute(named["record_migration"], {"version": version})
                     applied.append(version)
             with conn.transaction():
-                set_role_timeouts(conn, settings)
+                set_timeouts(conn, settings)
+                grant_app(conn, settings)
         finally:
             conn.execute(named["unlock_migrations"], lock)
     return applied
 
 
-def set_role_timeouts(conn: psycopg.Connection, settings: Settings) -> None:
-    """Timeouts on the role reach every server connection PgBouncer opens for it.
+def grant_app(conn: psycopg.Connection, settings: Settings) -> None:
+    """What the app's role may do: DML on the task tables, nothing more."""
+    app_user = conninfo_to_dict(settings.database_direct_url)["user"]
+    conn.execute(sql.SQL(statements()["grant_app"]).format(
+        app_user=sql.Identifier(str(app_user))))
+
+
+def set_timeouts(conn: psycopg.Connection, settings: Settings) -> None:
+    """Timeouts as the database's defaults reach every server connection PgBouncer opens.
 
     PgBouncer does not pass a client's startup `options` on, and a session `SET` would
-    leak to other clients in transaction mode; a role default does neither.
+    leak to other clients in transaction mode; a database default does neither.
     """
+    database = sql.Identifier(str(conninfo_to_dict(settings.database_owner_url)["dbname"]))
     timeouts = {
         "statement_timeout": settings.db_statement_timeout_ms,
         "idle_in_transaction_session_timeout": settings.db_idle_in_transaction_timeout_ms,
         "lock_timeout": settings.db_lock_timeout_ms,
     }
     for name, value_ms in timeouts.items():
-        conn.execute(sql.SQL(statements()["set_role_timeout"]).format(
-            setting=sql.Identifier(name), value=sql.Literal(f"{int(value_ms)}ms")))
+        conn.execute(sql.SQL(statements()["set_database_timeout"]).format(
+            database=database, setting=sql.Identifier(name),
+            value=sql.Literal(f"{int(value_ms)}ms")))

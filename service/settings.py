@@ -35,6 +35,8 @@ ENV_FILE_NAME = ".env"
 LOCAL_DB_NAME = "videotasks"
 LOCAL_APP_USER = "app:app-local-password"
 LOCAL_ADMIN_USER = "pgbouncer_admin:admin-local-password"
+# Owns the schema and runs the migrations; the app's role only reads and writes the tasks.
+LOCAL_OWNER_USER = "videotasks_owner:owner-local-password"
 
 
 # Shown as *** by describe(); URLs with passwords are redacted instead.
@@ -66,8 +68,11 @@ class Settings:
     pgbouncer_port: int = 6432
     # Through PgBouncer (transaction mode): what the API and worker use.
     database_url: str = field(default="", repr=False)
-    # Straight to PostgreSQL: migrations and diagnostics only.
+    # Straight to PostgreSQL as the app's role: diagnostics (the doctor) only.
     database_direct_url: str = field(default="", repr=False)
+    # Straight to PostgreSQL as the schema's owner: migrations only. The app's role can
+    # read and write the task tables and nothing else (no DDL).
+    database_owner_url: str = field(default="", repr=False)
     # PgBouncer's admin console (virtual database "pgbouncer"): SHOW POOLS and the like.
     pgbouncer_admin_url: str = field(default="", repr=False)
 
@@ -234,13 +239,15 @@ class Settings:
                             f"{LOCAL_DB_NAME}",
             "database_direct_url": f"postgresql://{LOCAL_APP_USER}@127.0.0.1:"
                                    f"{self.postgres_port}/{LOCAL_DB_NAME}",
+            "database_owner_url": f"postgresql://{LOCAL_OWNER_USER}@127.0.0.1:"
+                                  f"{self.postgres_port}/{LOCAL_DB_NAME}",
             "pgbouncer_admin_url": f"postgresql://{LOCAL_ADMIN_USER}@127.0.0.1:"
                                    f"{self.pgbouncer_port}/pgbouncer",
         }
         derived["public_base_url"] = default_public_base_url(self.api_host, self.api_port)
-        for name, url in derived.items():
-            if not getattr(self, name):
-                object.__setattr__(self, name, url)
+        unset = [name for name in derived if not getattr(self, name)]
+        for name in unset:
+            object.__setattr__(self, name, derived[name])
         if self.environment in ENVIRONMENTS:
             for name, by_environment in ENVIRONMENT_DEFAULTS.items():
                 if getattr(self, name) is None:
@@ -248,6 +255,8 @@ class Settings:
         if self.content_check is None:
             object.__setattr__(self, "content_check", _content_check_default(self))
         problems = _validate(self)
+        if self.environment == "production":
+            problems += _production_problems(self, unset)
         if problems:
             raise errors.ConfigError("invalid settings: " + "; ".join(problems))
 
@@ -393,6 +402,32 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+# Passwords of the local stack: a production URL holding one is a copy of the defaults.
+LOCAL_PASSWORDS = frozenset(user.split(":", 1)[1] for user in (
+    LOCAL_APP_USER, LOCAL_ADMIN_USER, LOCAL_OWNER_USER))
+
+
+def _production_problems(s: Settings, unset: list[str]) -> list[str]:
+    """ENVIRONMENT=production refuses the local stack's defaults, naming what to set."""
+    problems = []
+    for name in ("database_url", "database_direct_url", "database_owner_url",
+                 "pgbouncer_admin_url"):
+        password = conninfo_to_dict(getattr(s, name)).get("password")
+        if name in unset:
+            problems.append(f"ENVIRONMENT=production: set {name.upper()} (it defaults to the "
+                            "local stack's)")
+        elif password in LOCAL_PASSWORDS:
+            problems.append(f"ENVIRONMENT=production: {name.upper()} uses a local stack "
+                            "password; set the production one")
+    if s.auth_token_secret == LOCAL_AUTH_TOKEN_SECRET:
+        problems.append("ENVIRONMENT=production: set AUTH_TOKEN_SECRET (at least 32 random "
+                        "bytes; the default is the local stack's)")
+    if "public_base_url" in unset and s.storage_backend == "local":
+        problems.append("ENVIRONMENT=production: set PUBLIC_BASE_URL (the https address "
+                        "clients reach the videos at)")
+    return problems
+
+
 def _validate(s: Settings) -> list[str]:
     problems = []
     if s.environment not in ENVIRONMENTS:
@@ -412,7 +447,8 @@ def _validate(s: Settings) -> list[str]:
         problems.append("WECHAT_MINIPROGRAM_STATE must be formal, trial or developer")
     if s.notice_max_attempts < 1:
         problems.append("NOTICE_MAX_ATTEMPTS must be at least 1")
-    for name in ("database_url", "database_direct_url", "pgbouncer_admin_url"):
+    for name in ("database_url", "database_direct_url", "database_owner_url",
+                 "pgbouncer_admin_url"):
         try:
             conninfo_to_dict(getattr(s, name))
         except psycopg.ProgrammingError:

@@ -143,7 +143,8 @@ class Databases:
     def settings_for(self, name: str) -> Settings:
         s = self.stack.settings
         return s.replace(database_url=with_dbname(s.database_url, name),
-                         database_direct_url=with_dbname(s.database_direct_url, name))
+                         database_direct_url=with_dbname(s.database_direct_url, name),
+                         database_owner_url=with_dbname(s.database_owner_url, name))
 
     def _make_template(self) -> None:
         """Provision (roles, database, PgBouncer's auth lookup) and migrate the template
@@ -168,9 +169,13 @@ class Databases:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
                 sql.Identifier(name), sql.Identifier(TEMPLATE_DATABASE),
                 sql.Identifier(psycopg.conninfo.conninfo_to_dict(
-                    self.stack.settings.database_direct_url)["user"])))
+                    self.stack.settings.database_owner_url)["user"])))
+        copied = self.settings_for(name)
+        # A copy does not inherit its template's database settings (the timeouts) nor
+        # needs new grants; migrate finds every file applied and sets just those.
+        migrate.migrate(copied)
         try:
-            yield DatabaseCopy(name, self.settings_for(name))
+            yield DatabaseCopy(name, copied)
         finally:
             self.drop(name)
 
@@ -230,6 +235,14 @@ def direct(settings: Settings) -> Iterator[psycopg.Connection]:
     """A direct connection to PostgreSQL (the test's database), for looking behind
     PgBouncer."""
     with psycopg.connect(settings.database_direct_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def owner(settings: Settings) -> Iterator[psycopg.Connection]:
+    """A direct connection as the schema's owner, for what the app's role may not do
+    (TRUNCATE, ANALYZE)."""
+    with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
         yield conn
 
 

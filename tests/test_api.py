@@ -8,6 +8,7 @@ import time
 import uuid
 
 import psycopg
+import psycopg.sql
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -207,11 +208,13 @@ INTERNALS = ("Traceback", 'File "', "psycopg", "InsufficientPrivilege", "permiss
 
 
 async def test_an_unexpected_error_is_a_500_in_the_one_shape_without_internals(
-        http, api_url, direct, caplog):
+        http, api_url, direct, owner, settings, caplog):
     """Take the app role's rights on the tasks table away (in this test's own database):
     every statement then fails with an error the handlers do not expect."""
     created = await create_task(http, api_url)
-    direct.execute("REVOKE ALL ON video_generation_tasks FROM CURRENT_USER")
+    app_role = psycopg.conninfo.conninfo_to_dict(settings.database_direct_url)["user"]
+    owner.execute(psycopg.sql.SQL("REVOKE ALL ON video_generation_tasks FROM {}").format(
+        psycopg.sql.Identifier(app_role)))
     caplog.set_level(logging.ERROR, logger="service.api.app")
     requests = [("POST", "/api/generate-video", WRITE_UP_REQUEST),
                 ("GET", f"/api/progress/{created['task_id']}", None)]

@@ -19,6 +19,14 @@ from tests.helpers import WRITE_UP_REQUEST
 from tests.test_identity import bearer, login, serve
 
 TOKEN_SECRET = "a-test-token-secret-of-at-least-32-bytes"
+# What production must set, or it refuses to start (tests/test_hostile_input.py).
+PRODUCTION_BASICS = {
+    "database_url": "postgresql://app:prod-secret@pgbouncer:6432/videotasks",
+    "database_direct_url": "postgresql://app:prod-secret@postgres:5432/videotasks",
+    "database_owner_url": "postgresql://videotasks_owner:prod-owner@postgres:5432/videotasks",
+    "pgbouncer_admin_url": "postgresql://pgbouncer_admin:prod-admin@pgbouncer:6432/pgbouncer",
+    "auth_token_secret": TOKEN_SECRET, "public_base_url": "https://video.example.com",
+}
 
 
 @pytest.fixture
@@ -118,7 +126,7 @@ async def test_without_a_verdict_the_setting_decides(http, settings, fake_wechat
 
 def test_production_refuses_unchecked_text_by_default():
     production = Settings(environment="production", wechat_appid=DEFAULT_APPID,
-                          wechat_secret=DEFAULT_SECRET)
+                          wechat_secret=DEFAULT_SECRET, **PRODUCTION_BASICS)
     assert production.content_check and production.auth_required
     assert production.content_check_fail_open is False
     local = Settings()

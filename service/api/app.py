@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -131,12 +132,13 @@ def _unavailable(request: web.Request) -> web.Response:
 
 async def _json_body(request: web.Request) -> Any:
     if request.content_type != JSON:
-        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json",
+                       field="Content-Type")
     raw = await request.read()
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON (UTF-8)") from exc
+        return validation.parse_json(raw)
+    except validation.BadJson as exc:
+        raise ApiError(400, "invalid_json", exc.message, field=exc.field) from exc
 
 
 async def generate_video(request: web.Request) -> web.Response:
@@ -360,10 +362,23 @@ def create_app(settings: Settings) -> web.Application:
     if settings.storage_backend == "local":
         # Finished videos only (parts stay private); with S3 the bucket or its CDN
         # serves them and the API serves no files.
-        videos = settings.media_dir / storage.VIDEOS_DIR
-        videos.mkdir(parents=True, exist_ok=True)
-        app.router.add_static(f"/media/{storage.VIDEOS_DIR}/", videos, append_version=False)
+        (settings.media_dir / storage.VIDEOS_DIR).mkdir(parents=True, exist_ok=True)
+        app.router.add_get(f"/media/{storage.VIDEOS_DIR}/{{name}}", video_file)
     return app
+
+
+# The only names under /media/videos/: a task id and .mp4. Nothing else is looked up on
+# disk, so no encoding trick reaches another path.
+VIDEO_FILE_NAME = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.mp4$")
+
+
+async def video_file(request: web.Request) -> web.StreamResponse:
+    """A finished video with local storage (Range and HEAD work: FileResponse)."""
+    name = request.match_info["name"]
+    path = request.app[SETTINGS_KEY].media_dir / storage.VIDEOS_DIR / name
+    if not VIDEO_FILE_NAME.match(name) or not path.is_file():
+        raise ApiError(404, "not_found", "no such video", field="name")
+    return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
 
 
 async def _wechat_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import math
 import re
 import unicodedata
 import uuid
@@ -34,6 +36,64 @@ def is_emoji(ch: str) -> bool:
     return any(low <= code <= high for low, high in EMOJI_RANGES)
 
 
+# The create body's fields; any other is refused (a client never sets status, video_url...).
+CREATE_FIELDS = frozenset({"product_name", "theme", "duration", "type", "template_id"})
+# Integers longer than this are out of every range we accept: not parsed (Python refuses
+# over 4300 digits anyway), reported as out of range by the field's own rule.
+INT_MAX_DIGITS = 32
+# Unicode categories refused in text: control (Cc: NUL, escapes), format (Cf: bidi
+# overrides such as U+202E that make a name render reversed, zero-width spaces and
+# joiners that make a blank name look filled), surrogates (Cs: cannot be UTF-8), private
+# use (Co) and unassigned (Cn). Refused, never stripped: the stored text is what was sent.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
+class BadJson(Exception):
+    """The body is not one JSON document we accept; the API answers 400 invalid_json."""
+
+    def __init__(self, message: str, *, field: str = "body") -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, strictly: UTF-8 only, no duplicate keys (a proxy and the API
+    might read different values), no NaN or Infinity, bounded nesting. Numbers too large
+    for any field parse as infinities, which the field's range rule then refuses."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadJson("the body is not valid UTF-8") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                          parse_constant=_no_constants, parse_int=_bounded_int)
+    except BadJson:
+        raise
+    except RecursionError as exc:
+        raise BadJson("the body is nested too deeply") from exc
+    except ValueError as exc:
+        raise BadJson("the body is not valid JSON") from exc
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise BadJson(f"the key {key!r} appears twice in one object", field=key)
+        found[key] = value
+    return found
+
+
+def _no_constants(name: str) -> Any:
+    raise BadJson(f"{name} is not JSON")
+
+
+def _bounded_int(digits: str) -> int | float:
+    if len(digits.lstrip("-")) > INT_MAX_DIGITS:
+        return -math.inf if digits.startswith("-") else math.inf
+    return int(digits)
+
+
 @dataclass(frozen=True)
 class Invalid(Exception):
     """Raised when the request breaks a rule; the API answers 400 naming the field."""
@@ -47,6 +107,10 @@ def create_request(body: Any, settings: Settings, idempotency_key: str | None, *
                    notices_available: bool = False) -> tasks.NewTask:
     if not isinstance(body, dict):
         raise Invalid("body", "the body must be a JSON object")
+    unknown = sorted(set(body) - CREATE_FIELDS)
+    if unknown:
+        raise Invalid(unknown[0], f"unknown field {unknown[0]!r}; the fields are "
+                                  f"{', '.join(sorted(CREATE_FIELDS))}")
     product_name = _text(body, "product_name", settings.text_max_chars)
     theme = _text(body, "theme", settings.text_max_chars)
     duration = _duration(body, settings)
@@ -119,11 +183,13 @@ def _text(body: dict[str, Any], name: str, max_chars: int) -> str:
     if len(value) > max_chars:
         raise Invalid(name, f"{name} must be at most {max_chars} characters")
     # NUL cannot be stored in PostgreSQL text, lone surrogates cannot be encoded as UTF-8,
-    # and other control characters have no place in a name shown on a video.
-    if any(unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"} for ch in value):
-        raise Invalid(name, f"{name} must not contain control or invalid characters")
+    # and control and format characters have no place in a name shown on a video.
+    # Emoji first: their joiners and variation selectors are format characters too.
     if any(is_emoji(ch) for ch in value):
         raise Invalid(name, f"{name} must not contain emoji (the video cannot show them)")
+    if any(unicodedata.category(ch) in REFUSED_CATEGORIES for ch in value):
+        raise Invalid(name, f"{name} must not contain control, format (bidi, zero-width) "
+                            "or invalid characters")
     return value
 
 
@@ -134,6 +200,9 @@ def _duration(body: dict[str, Any], settings: Settings) -> int:
     # JSON true is a Python int; 5.0 is a whole number written as a float.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Invalid("duration", "duration must be a whole number of seconds")
+    if isinstance(value, float) and math.isinf(value):
+        raise Invalid("duration", f"duration must be between {settings.duration_min_s} and "
+                                  f"{settings.duration_max_s} seconds")
     if isinstance(value, float):
         if not value.is_integer():
             raise Invalid("duration", "duration must be a whole number of seconds")

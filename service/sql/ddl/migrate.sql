@@ -29,6 +29,18 @@ SELECT 1 FROM schema_migrations WHERE version = %(version)s;
 -- record_migration --
 INSERT INTO schema_migrations (version) VALUES (%(version)s);
 
--- set_role_timeout --
--- A default of the app's role reaches every server connection PgBouncer opens for it.
-ALTER ROLE CURRENT_USER SET {setting} = {value};
+-- set_database_timeout --
+-- A default of the database reaches every server connection PgBouncer opens to it (the
+-- owner may set it; a role default would need CREATEROLE). Migrations SET their own.
+ALTER DATABASE {database} SET {setting} = {value};
+
+-- grant_app --
+-- Least privilege: the app's role reads and writes the task tables, reads which
+-- migrations ran, and calls the create function; no DDL, no other table.
+GRANT SELECT, INSERT, UPDATE, DELETE
+    ON video_generation_tasks, video_task_parts, video_task_attempts,
+       video_task_requesters, video_task_notices
+    TO {app_user};
+GRANT SELECT ON schema_migrations TO {app_user};
+REVOKE ALL ON FUNCTION create_video_task FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION create_video_task TO {app_user};

@@ -1,0 +1,105 @@
+"""Hostile input: every byte, header and field a client sends may be an attack. Each case
+gets a 4xx in the one JSON error shape, names the field at fault, and changes nothing.
+And a production configuration refuses the local stack's defaults."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from service import errors
+from service.settings import Settings
+from tests.test_content_safety import PRODUCTION_BASICS
+
+GOOD = {"product_name": "高强度螺栓", "theme": "品质保证", "duration": 5, "type": "video"}
+
+
+def body(**changes: object) -> bytes:
+    return json.dumps({**GOOD, **changes}, ensure_ascii=True).encode()
+
+
+# (raw body, expected status, code, field)
+CASES = {
+    "bidi override": (body(product_name="\u202e螺栓"), 400, "validation_error", "product_name"),
+    "only zero-width spaces": (body(theme="\u200b\u200b\u200b"), 400, "validation_error",
+                               "theme"),
+    "lone surrogate": (b'{"product_name": "\\ud800", "theme": "t", "duration": 5, '
+                       b'"type": "video"}', 400, "validation_error", "product_name"),
+    "NUL": (body(product_name="螺\x00栓"), 400, "validation_error", "product_name"),
+    "invalid UTF-8": (b'{"product_name": "\xff\xfe", "theme": "t", "duration": 5, '
+                      b'"type": "video"}', 400, "invalid_json", "body"),
+    "duplicate keys": (b'{"product_name": "a", "theme": "t", "duration": 5, "duration": 60, '
+                       b'"type": "video"}', 400, "invalid_json", "duration"),
+    "400 digits": (body()[:-1].replace(b'"duration": 5', b'"duration": ' + b"9" * 400) + b"}",
+                   400, "validation_error", "duration"),
+    "1e400": (body()[:-1].replace(b'"duration": 5', b'"duration": 1e400') + b"}", 400,
+              "validation_error", "duration"),
+    "NaN": (body()[:-1].replace(b'"duration": 5', b'"duration": NaN') + b"}", 400,
+            "invalid_json", "body"),
+    "deep nesting": (b"[" * 5000 + b"]" * 5000, 400, "invalid_json", "body"),
+    "status from the client": (body(status="completed"), 400, "validation_error", "status"),
+    "video_url from the client": (body(video_url="http://evil/x.mp4"), 400,
+                                  "validation_error", "video_url"),
+    "empty body": (b"", 400, "invalid_json", "body"),
+    "empty name": (body(product_name="   "), 400, "validation_error", "product_name"),
+    "not an object": (b"[1, 2]", 400, "validation_error", "body"),
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_hostile_bodies_are_refused_in_the_one_shape_and_change_nothing(
+        case, http, api_url, direct: psycopg.Connection):
+    raw, status, code, field = CASES[case]
+    async with http.post(f"{api_url}/api/generate-video", data=raw,
+                         headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == status, await resp.text()
+        assert resp.content_type == "application/json"
+        error = (await resp.json())["error"]
+    assert (error["code"], error.get("field")) == (code, field), error
+    assert "Traceback" not in error["message"]
+    assert direct.execute("SELECT count(*) FROM video_generation_tasks").fetchone()[0] == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", [
+    "/media/videos/%252e%252e%252fetc%252fpasswd", "/media/videos/..%2F..%2Fetc%2Fpasswd",
+    "/media/videos/nothing.mp4", "/media/videos/00000000-0000-0000-0000-000000000000.mp4",
+    "/media/parts/x", "/api/progress/..%2F..", "/api/progress/%00"])
+async def test_path_tricks_are_json_404s_or_400s(path, http, api_url):
+    async with http.get(f"{api_url}{path}") as resp:
+        assert resp.status in (400, 404), path
+        assert resp.content_type == "application/json", path
+        assert (await resp.json())["error"]["code"] in {"not_found", "validation_error",
+                                                         "task_not_found"}
+
+
+@pytest.mark.asyncio
+async def test_a_wrong_content_type_names_the_header(http, api_url):
+    async with http.post(f"{api_url}/api/generate-video", data=body(),
+                         headers={"Content-Type": "text/plain"}) as resp:
+        assert resp.status == 415
+        assert (await resp.json())["error"]["field"] == "Content-Type"
+
+
+def test_production_refuses_the_local_defaults_and_names_each_setting():
+    with pytest.raises(errors.ConfigError) as refused:
+        Settings(environment="production", content_check=False)
+    message = str(refused.value)
+    for name in ("DATABASE_URL", "DATABASE_DIRECT_URL", "DATABASE_OWNER_URL",
+                 "PGBOUNCER_ADMIN_URL",
+                 "AUTH_TOKEN_SECRET", "PUBLIC_BASE_URL"):
+        assert f"set {name}" in message, message
+    local_password = {**PRODUCTION_BASICS, "database_url":
+                      "postgresql://app:app-local-password@pgbouncer:6432/videotasks"}
+    with pytest.raises(errors.ConfigError, match="DATABASE_URL uses a local stack password"):
+        Settings(environment="production", content_check=False, **local_password)
+    ready = Settings(environment="production", content_check=False, **PRODUCTION_BASICS)
+    assert ready.auth_required and ready.content_check_fail_open is False
+    # No secret in the error message.
+    with pytest.raises(errors.ConfigError) as refused:
+        Settings(environment="production", content_check=False,
+                 **{**PRODUCTION_BASICS, "auth_token_secret": "too-short-secret"})
+    assert "too-short-secret" not in str(refused.value)
