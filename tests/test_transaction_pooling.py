@@ -87,8 +87,14 @@ async def server_sessions(settings: Settings) -> list[ServerSession]:
     test's database: one client per server connection, each in a transaction until all
     have looked, so PgBouncer hands each client a different one of them."""
     user = conninfo_to_dict(settings.database_url)["user"]
-    servers = {r["remote_pid"] for r in pgbouncer_rows(settings, "SHOW SERVERS")
-               if r["database"] == database_name(settings) and r["user"] == user}
+    # A server connection still logging in shows remote_pid 0: wait until none does.
+    deadline = time.monotonic() + 5
+    while True:
+        servers = {r["remote_pid"] for r in pgbouncer_rows(settings, "SHOW SERVERS")
+                   if r["database"] == database_name(settings) and r["user"] == user}
+        if 0 not in servers or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert servers, "PgBouncer holds no server connection for the test's database"
     async with contextlib.AsyncExitStack() as stack:
         found = []
