@@ -45,6 +45,9 @@ CASES = {
     "empty body": (b"", 400, "invalid_json", "body"),
     "empty name": (body(product_name="   "), 400, "validation_error", "product_name"),
     "not an object": (b"[1, 2]", 400, "validation_error", "body"),
+    # Found by schemathesis: an unhashable type was a 500.
+    "type an object": (body(type={}), 400, "validation_error", "type"),
+    "type a list": (body(type=[None]), 400, "validation_error", "type"),
 }
 
 

@@ -115,7 +115,7 @@ def create_request(body: Any, settings: Settings, idempotency_key: str | None, *
     theme = _text(body, "theme", settings.text_max_chars)
     duration = _duration(body, settings)
     video_type = body.get("type")
-    if video_type not in VIDEO_TYPES:
+    if not isinstance(video_type, str) or video_type not in VIDEO_TYPES:
         raise Invalid("type", 'type is required and must be "video"')
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
@@ -177,11 +177,12 @@ def _text(body: dict[str, Any], name: str, max_chars: int) -> str:
         raise Invalid(name, f"{name} is required")
     if not isinstance(value, str):
         raise Invalid(name, f"{name} must be a string")
+    # The limit counts what was sent, before trimming: what the spec's maxLength says.
+    if len(value) > max_chars:
+        raise Invalid(name, f"{name} must be at most {max_chars} characters")
     value = value.strip()
     if not value:
         raise Invalid(name, f"{name} must not be empty")
-    if len(value) > max_chars:
-        raise Invalid(name, f"{name} must be at most {max_chars} characters")
     # NUL cannot be stored in PostgreSQL text, lone surrogates cannot be encoded as UTF-8,
     # and control and format characters have no place in a name shown on a video.
     # Emoji first: their joiners and variation selectors are format characters too.
