@@ -19,7 +19,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from service import auth, db, errors, metrics, storage, tasks, wechat
-from service.api import moderation, validation, video_urls
+from service.api import moderation, openapi, validation, video_urls
 from service.api import progress as progress_reads
 from service.settings import Settings
 
@@ -302,7 +302,9 @@ async def list_tasks(request: web.Request) -> web.Response:
     if who is None:
         raise _unauthorized("my videos needs a logged-in user: POST /api/login")
     raw_limit = request.query.get("limit", str(TASKS_PAGE_DEFAULT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= TASKS_PAGE_MAX:
+    # ASCII digits only: "²" is a digit to isdigit() and not to int(), "٣" is to both.
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= \
+            TASKS_PAGE_MAX:
         raise validation.Invalid("limit", f"limit must be a whole number from 1 to "
                                           f"{TASKS_PAGE_MAX}")
     limit = int(raw_limit)
@@ -359,6 +361,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", public_metrics)
+    app.router.add_get(openapi.SPEC_PATH, openapi.serve)
     if settings.storage_backend == "local":
         # Finished videos only (parts stay private); with S3 the bucket or its CDN
         # serves them and the API serves no files.

@@ -120,7 +120,7 @@ def create_request(body: Any, settings: Settings, idempotency_key: str | None, *
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
     template_id = _template_id(body, owner_openid, notices_available)
-    fields = {"product_name": product_name, "theme": theme, "duration": duration,
+    fields: dict[str, Any] = {"product_name": product_name, "theme": theme, "duration": duration,
               "type": video_type, "notice_template_id": template_id}
     # The owner is part of the request: one user's Idempotency-Key never answers another's.
     fingerprint = hashlib.sha256(orjson.dumps({**fields, "owner": owner_openid},
@@ -141,7 +141,7 @@ def _template_id(body: dict[str, Any], owner_openid: str | None,
     value = body.get("template_id")
     if value is None:
         return None
-    if not isinstance(value, str) or not TEMPLATE_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not TEMPLATE_ID_PATTERN.fullmatch(value):
         raise Invalid("template_id", "template_id must be the subscribe-message template id "
                                      "(1 to 128 letters, digits, - or _)")
     if not owner_openid:
