@@ -79,7 +79,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise BadJson(f"the key {key!r} appears twice in one object", field=key)
+            raise BadJson(f"the key {key!r} appears twice in one object", field=key or "body")
         found[key] = value
     return found
 
@@ -109,7 +109,8 @@ def create_request(body: Any, settings: Settings, idempotency_key: str | None, *
         raise Invalid("body", "the body must be a JSON object")
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
-        raise Invalid(unknown[0], f"unknown field {unknown[0]!r}; the fields are "
+        # An empty key still gets a field to name: the body.
+        raise Invalid(unknown[0] or "body", f"unknown field {unknown[0]!r}; the fields are "
                                   f"{', '.join(sorted(CREATE_FIELDS))}")
     product_name = _text(body, "product_name", settings.text_max_chars)
     theme = _text(body, "theme", settings.text_max_chars)
