@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 from ops import provision
 from ops.stack import Stack, free_port
 from service import db, migrate
+from service.api import protocol
 from service.api.app import create_app
 from service.settings import Settings
 from tests.fakes.ark import FakeArk, FakeArkThread
@@ -259,7 +260,8 @@ class InProcessApi:
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[InProcessApi]:
     """The API app served in this process on a real port, on the test's database."""
-    runner = web.AppRunner(create_app(settings.replace(metrics_port=free_port())))
+    settings = settings.replace(metrics_port=free_port())
+    runner = protocol.ApiRunner(create_app(settings), settings)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)

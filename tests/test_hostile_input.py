@@ -4,12 +4,21 @@ And a production configuration refuses the local stack's defaults."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
+from aiohttp import web
 
+from ops.stack import free_port
 from service import errors
+from service.api import protocol
+from service.api.app import create_app
 from service.settings import Settings
 from tests.test_content_safety import PRODUCTION_BASICS
 
@@ -106,3 +115,102 @@ def test_production_refuses_the_local_defaults_and_names_each_setting():
         Settings(environment="production", content_check=False,
                  **{**PRODUCTION_BASICS, "auth_token_secret": "too-short-secret"})
     assert "too-short-secret" not in str(refused.value)
+
+
+# ---- the HTTP layer: what aiohttp answers itself, and slow clients ---------------------
+
+READ_TIMEOUT_S = 0.5
+
+
+@pytest.fixture
+async def slow_api(settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    """The API with a short read deadline, served as `video-tasks api` serves it."""
+    settings = settings.replace(metrics_port=0, request_read_timeout_s=READ_TIMEOUT_S)
+    runner = protocol.ApiRunner(create_app(settings), settings)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield "127.0.0.1", port
+    await runner.cleanup()
+
+
+async def exchange(address: tuple[str, int], *parts: bytes, pause_s: float = 0.0) -> bytes:
+    """Send `parts` (pausing between them), then read until the server closes."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(pause_s)
+        return await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+
+def parse(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(payload)
+
+
+@pytest.mark.asyncio
+async def test_an_oversized_header_is_a_json_431_that_quotes_nothing(slow_api, caplog):
+    secretish = b"X" * 10_000
+    raw = await exchange(slow_api, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + secretish
+                         + b"\r\n\r\n")
+    status, headers, answer = parse(raw)
+    assert (status, headers["content-type"]) == (431, "application/json")
+    assert answer["error"]["code"] == "headers_too_large"
+    assert b"XXXXXXXX" not in raw
+    assert "XXXXXXXX" not in caplog.text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("request_line", [b"\x16\x03\x01\x02\x00\x01\x00", b"GET / HTTP/9.9",
+                                          b"GET /\x00 HTTP/1.1", b"BREW /pot HTTP/1.1"])
+async def test_what_is_not_http_gets_a_json_4xx(slow_api, request_line):
+    status, _headers, answer = parse(await exchange(slow_api, request_line + b"\r\n\r\n"))
+    assert 400 <= status < 500
+    assert set(answer["error"]) <= {"code", "message", "field"}
+
+
+@pytest.mark.asyncio
+async def test_headers_that_trickle_in_are_cut_off(slow_api):
+    started = time.monotonic()
+    raw = await exchange(slow_api, b"GET /healthz HTTP/1.1\r\n", b"Host: t\r\n", b"X-A: 1\r\n",
+                         pause_s=READ_TIMEOUT_S / 2)
+    status, headers, answer = parse(raw)
+    assert (status, answer["error"]["code"]) == (408, "request_timeout")
+    assert headers["connection"] == "close"
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_trickles_in_is_cut_off_and_stores_nothing(slow_api, direct):
+    payload = body()
+    head = (b"POST /api/generate-video HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n" % len(payload))
+    raw = await exchange(slow_api, head, payload[:5], payload[5:10], payload[10:15],
+                         pause_s=READ_TIMEOUT_S / 2)
+    status, headers, answer = parse(raw)
+    assert (status, answer["error"]["code"]) == (408, "request_timeout")
+    assert headers["connection"] == "close"
+    assert direct.execute("SELECT count(*) FROM video_generation_tasks").fetchone()[0] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_prompt_client_on_the_same_server_is_not_held_up(slow_api):
+    """The deadline is per connection: a keep-alive client past it is still served."""
+    reader, writer = await asyncio.open_connection(*slow_api)
+    try:
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(re.search(rb"Content-Length: (\d+)", head, re.I)[1])  # type: ignore[index]
+            await reader.readexactly(length)
+            await asyncio.sleep(READ_TIMEOUT_S * 2)
+    finally:
+        writer.close()

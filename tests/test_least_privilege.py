@@ -81,3 +81,26 @@ def test_the_auth_role_can_only_look_up_secrets(stack, settings):
                           "SELECT * FROM pg_catalog.pg_authid"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 auth.execute(statement)
+
+
+def test_the_console_is_for_the_admin_and_stats_users_only(stack, settings):
+    """PgBouncer's console: the app's role is refused, the stats user may look (SHOW)
+    but not act (PAUSE, RELOAD, SET), the admin may do both."""
+    values = stack.pgbouncer_values()
+    console = make_conninfo(settings.pgbouncer_admin_url, dbname="pgbouncer")
+    app = conninfo_to_dict(settings.database_url)
+    # Refused, or never answered: PgBouncer looks a non-console user up with auth_query in
+    # the database asked for, and "pgbouncer" has no server to run it in.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(make_conninfo(console, user=app["user"], password=app["password"],
+                                      connect_timeout=3), autocommit=True).close()
+    stats_url = make_conninfo(console, user=values["stats_user"],
+                              password=values["stats_password"])
+    with psycopg.connect(stats_url, autocommit=True, prepare_threshold=None) as stats:
+        stats.cursor().execute("SHOW POOLS")
+        for command in ("PAUSE", "RELOAD", "SET default_pool_size = 100", "SHUTDOWN"):
+            with pytest.raises(psycopg.Error, match="admin access needed"):
+                stats.cursor().execute(command)
+    with psycopg.connect(console, autocommit=True, prepare_threshold=None) as admin:
+        admin.cursor().execute("SHOW CONFIG")
+        admin.cursor().execute("RELOAD")

@@ -17,6 +17,7 @@ With API_PROCESSES = N > 1 this process forks N children and supervises them:
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -33,6 +34,7 @@ from multiprocessing.process import BaseProcess
 
 from aiohttp import web
 
+from service.api import protocol
 from service.api.app import create_app
 from service.settings import Settings
 
@@ -64,16 +66,31 @@ def _process_settings(settings: Settings, index: int) -> Settings:
 
 
 def _serve_one(settings: Settings, ready: Connection | None = None) -> None:
-    def listening(*_args: object) -> None:
-        # run_app calls `print` once every site listens: the child's readiness signal.
-        if ready is not None and not ready.closed:
+    asyncio.run(_serve_until_stopped(settings, ready))
+
+
+async def _serve_until_stopped(settings: Settings, ready: Connection | None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests
+    finish within SHUTDOWN_TIMEOUT_S (the app's on_shutdown answers long waits at once),
+    close the pool."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = protocol.ApiRunner(create_app(settings), settings, access_log=None,
+                                shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_port=True)
+        await site.start()
+        if ready is None:
+            logger.info("api: listening on %s:%d", settings.api_host, settings.api_port)
+        elif not ready.closed:  # the supervisor's readiness signal
             ready.send(True)
             ready.close()
-
-    # aiohttp handles SIGTERM/SIGINT: stop accepting, drain in-flight requests, close pool.
-    web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
-                reuse_port=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None,
-                print=listening)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def exit_code(process: BaseProcess) -> int:
