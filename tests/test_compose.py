@@ -2,7 +2,9 @@
 
 There is no Docker engine here. The file is validated with jsonschema against the
 Compose specification's own JSON schema, after YAML merge keys are resolved as docker
-compose does, then checked for what the stack needs.
+compose does, then checked for what the stack needs: published ports on loopback that
+follow API_PORT/PGBOUNCER_PORT, only variables something reads, and the app's settings
+(providers, storage, auth) passed through and valid as compose expands them.
 
 tests/schemas/compose-spec.json is the compose-spec project's schema/compose-spec.json
 (Apache-2.0, Copyright The Compose Specification Authors) as shipped unchanged in the
@@ -12,14 +14,17 @@ and copy that file over.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from typing import Any
 
 import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from service.settings import PROJECT_DIR
+from pgbouncer import render as pgbouncer_render
+from service.settings import PROJECT_DIR, Settings
 
 COMPOSE_FILE = PROJECT_DIR / "compose.yaml"
 SCHEMA_FILE = PROJECT_DIR / "tests" / "schemas" / "compose-spec.json"
@@ -108,3 +113,84 @@ def test_api_and_worker_share_the_media_volume(spec):
         return {volume.split(":")[1] for volume in spec["services"][service]["volumes"]}
 
     assert "/data/media" in targets("api") & targets("worker")
+
+
+# Variables compose.yaml may name besides the settings: the local stack's passwords and
+# PgBouncer's own settings (pgbouncer/render.py reads PGBOUNCER_*).
+COMPOSE_ONLY_VARIABLES = {"APP_DB_PASSWORD", "OWNER_DB_PASSWORD", "POSTGRES_PASSWORD",
+                          "POSTGRES_PORT", "PGBOUNCER_PORT"}
+# Read by ops.provision in the migrate service, not by Settings.
+PROVISION_VARIABLES = {"POSTGRES_SUPERUSER_URL", "PGBOUNCER_AUTH_PASSWORD"}
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-)?")
+
+
+def settings_names() -> set[str]:
+    return {f.name.upper() for f in dataclasses.fields(Settings)}
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """${VAR}, ${VAR:-default} and nested defaults, as docker compose expands them."""
+    pattern = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^${}]|\$\{[^}]*\})*))?\}")
+    while True:
+        expanded = pattern.sub(lambda m: environ.get(m.group(1)) or interpolate(
+            m.group(2) or "", environ), value)
+        if expanded == value:
+            return expanded
+        value = expanded
+
+
+def test_published_ports_listen_on_loopback_and_follow_the_port_settings(spec):
+    published = {name: service.get("ports", []) for name, service in spec["services"].items()}
+    assert published["api"] == ["127.0.0.1:${API_PORT:-8000}:8000"]
+    assert published["pgbouncer"] == ["127.0.0.1:${PGBOUNCER_PORT:-6432}:6432"]
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    assert interpolate(published["api"][0], {"API_PORT": "8001"}) == "127.0.0.1:8001:8000"
+    assert interpolate(published["api"][0], {}) == "127.0.0.1:8000:8000"
+    # The URL clients are handed follows the published port.
+    base = spec["services"]["api"]["environment"]["PUBLIC_BASE_URL"]
+    assert interpolate(base, {"API_PORT": "8001"}) == "http://127.0.0.1:8001"
+    assert interpolate(base, {"PUBLIC_BASE_URL": "https://v.example"}) == "https://v.example"
+
+
+def test_every_variable_is_a_setting_or_the_stacks_own():
+    names = set(_VARIABLE.findall(COMPOSE_FILE.read_text()))
+    pgbouncer_names = {f"PGBOUNCER_{name.upper()}" for name in pgbouncer_render.SETTINGS}
+    unknown = names - settings_names() - pgbouncer_names - COMPOSE_ONLY_VARIABLES
+    assert not unknown, f"compose.yaml names variables nothing reads: {sorted(unknown)}"
+
+
+def test_app_environment_names_only_settings(spec):
+    for name in ("api", "worker", "migrate"):
+        environment = set(spec["services"][name]["environment"])
+        unknown = environment - settings_names() - PROVISION_VARIABLES
+        assert not unknown, f"{name}: {sorted(unknown)} are not settings"
+
+
+def test_providers_storage_and_auth_pass_through(spec):
+    passed = {"ENVIRONMENT", "VIDEO_PROVIDER", "ARK_API_KEY", "STORAGE_BACKEND", "S3_BUCKET",
+              "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AUTH_REQUIRED",
+              "AUTH_TOKEN_SECRET", "WECHAT_APPID", "WECHAT_SECRET", "CONTENT_CHECK"}
+    for name in ("api", "worker"):
+        environment = spec["services"][name]["environment"]
+        assert passed <= set(environment), sorted(passed - set(environment))
+        for key in passed:
+            # Empty unless .env or the shell sets it: the setting's own default.
+            assert environment[key] == f"${{{key}:-}}", (name, key)
+
+
+@pytest.mark.parametrize("environ", [
+    {},
+    {"VIDEO_PROVIDER": "ark", "ARK_API_KEY": "k", "STORAGE_BACKEND": "s3", "S3_BUCKET": "videos",
+     "AUTH_REQUIRED": "true", "API_PORT": "8001"},
+], ids=["defaults", "ark-s3-auth"])
+def test_the_apps_settings_as_compose_expands_them_are_valid(spec, environ):
+    for name in ("api", "worker", "migrate"):
+        expanded = {key: interpolate(str(value), environ)
+                    for key, value in spec["services"][name]["environment"].items()}
+        settings = Settings.from_env(expanded)
+        assert settings.api_host == "0.0.0.0" or name == "migrate"
+        if environ and name != "migrate":
+            assert (settings.video_provider, settings.storage_backend) == ("ark", "s3")
+            assert settings.auth_required is True

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from service import db
+from service import capacity, db
 from service.doctor import pgbouncer
 from service.doctor.findings import UNREADABLE, Finding, Level
 from service.doctor.probe import Failure, PgState, QueueState, Sample
@@ -102,8 +102,9 @@ class Context:
 
 
 def usable_connections(overview: dict[str, Any]) -> int:
-    return (int(overview["max_connections"]) - int(overview["superuser_reserved"])
-            - int(overview["reserved"]))
+    return capacity.usable_connections(
+        int(overview["max_connections"]),
+        int(overview["superuser_reserved"]) + int(overview["reserved"]))
 
 
 def share_level(used: float, limit: float) -> Level:

@@ -1,10 +1,16 @@
-"""Configuration arithmetic: client connections, server connections, timeouts."""
+"""Configuration arithmetic: client connections, server connections, timeouts.
+
+The connection arithmetic is service.capacity's, the rule the Helm chart applies too; here
+with what one machine runs: one API "pod" of API_PROCESSES, DOCTOR_EXPECTED_WORKERS
+workers and the one PgBouncer whose console the doctor reads.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from service import capacity
 from service.doctor import pgbouncer
 from service.doctor.checks.base import (
     API_APP,
@@ -27,7 +33,9 @@ def check_client_budget(ctx: Context) -> Finding:
         return ctx.unreadable("console")
     limit = console.setting("max_client_conn")
     processes = s.api_processes + s.doctor_expected_workers
-    planned = processes * s.app_pool_max
+    planned = capacity.clients_per_pooler(capacity.client_connections(
+        api_pods=1, api_processes=s.api_processes, worker_pods=s.doctor_expected_workers,
+        app_pool_max=s.app_pool_max), pooler_instances=1)
     apps = pgbouncer.clients_by_application(console.clients)
     now = {app: sum(apps.get(app, {}).values()) for app in (API_APP, WORKER_APP)}
     facts: dict[str, Any] = {
@@ -59,9 +67,13 @@ def check_server_budget(ctx: Context) -> Finding:
                 "pool_size": int(db.get("pool_size") or console.setting("default_pool_size")),
                 "reserve": int(db.get("reserve_pool") or 0), "users": len(pools),
                 "max_db_connections": int(db.get("max_connections") or 0)}
-        most = (term["pool_size"] + term["reserve"]) * term["users"]
-        term["capped"] = 0 < term["max_db_connections"] < most
-        term["most"] = term["max_db_connections"] if term["capped"] else most
+        uncapped = capacity.pooler_server_connections(
+            default_pool_size=term["pool_size"], reserve_pool_size=term["reserve"],
+            pools=term["users"])
+        term["most"] = capacity.pooler_server_connections(
+            default_pool_size=term["pool_size"], reserve_pool_size=term["reserve"],
+            pools=term["users"], max_db_connections=term["max_db_connections"])
+        term["capped"] = term["most"] < uncapped
         terms.append(term)
         budget += term["most"]
         servers += sum(pgbouncer.server_connections(p) for p in pools)
