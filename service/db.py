@@ -62,6 +62,10 @@ def create_pool(settings: Settings, *, name: str, conninfo: str | None = None,
         reconnect_timeout=RECONNECT_TIMEOUT_S,
         # Idle connections above min_size close soon: PgBouncer keeps the server side warm.
         max_idle=60,
+        # Replaced after this long (psycopg_pool adds up to 10% jitter): connections that
+        # moved to another PgBouncer (a pooler pod restarted, a multi-host URL failed
+        # over) spread back over all of them, rather than staying for the default hour.
+        max_lifetime=settings.app_pool_max_lifetime_s,
         kwargs={
             "prepare_threshold": None,
             "autocommit": True,
