@@ -21,6 +21,9 @@ command -v psql >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
 # The benchmark's read-path load generator: wanted, not needed (without it the benchmark
 # skips the read-path figure and says so; the suite passes either way).
 command -v wrk >/dev/null 2>&1 || want_pkgs=(wrk)
+# The browser tests of the demo page and /ops (tests/test_pages_browser.py) drive Debian's
+# Chromium: wanted, not needed (without it they skip and say so).
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || want_pkgs+=(chromium)
 
 if [ "$(id -u)" -eq 0 ]; then
   need_pkgs+=("${want_pkgs[@]}")

@@ -72,3 +72,37 @@ def test_passwords_never_show_in_repr_or_description():
         assert secret not in repr(s)
         assert secret not in str(described)
     assert redact_url("postgresql://a:b@h/d") == "postgresql://a:***@h/d"
+
+
+PRODUCTION_URLS = {
+    "database_url": "postgresql://app:prod-secret@pgbouncer:6432/videotasks",
+    "database_direct_url": "postgresql://app:prod-secret@postgres:5432/videotasks",
+    "database_owner_url": "postgresql://videotasks_owner:prod-owner@postgres:5432/videotasks",
+    "pgbouncer_admin_url": "postgresql://pgbouncer_admin:prod-admin@pgbouncer:6432/pgbouncer",
+    "auth_token_secret": "p" * 32, "public_base_url": "https://video.example.com",
+}
+
+
+def test_dev_login_is_on_locally_without_wechat_and_never_in_production():
+    assert Settings.from_env({}).dev_login is True
+    # WeChat configured: logins are WeChat's, unless DEV_LOGIN says otherwise.
+    with_wechat = Settings(wechat_appid="wx1", wechat_secret="s", content_check=False)
+    assert with_wechat.dev_login is False
+    assert Settings(wechat_appid="wx1", wechat_secret="s", content_check=False,
+                    dev_login=True).dev_login is True
+    assert Settings.from_env({"DEV_LOGIN": "false"}).dev_login is False
+    production = Settings(environment="production", content_check=False, **PRODUCTION_URLS)
+    assert production.dev_login is False
+    with pytest.raises(errors.ConfigError, match="unset DEV_LOGIN"):
+        Settings(environment="production", content_check=False, dev_login=True,
+                 **PRODUCTION_URLS)
+
+
+def test_dev_login_follows_wechat_appid_through_replace_unless_set():
+    local = Settings()
+    assert local.replace(wechat_appid="wx1", wechat_secret="s",
+                         content_check=False).dev_login is False
+    explicit = Settings(wechat_appid="wx1", wechat_secret="s", content_check=False,
+                        dev_login=True)
+    assert explicit.replace(api_port=8001).dev_login is True
+    assert Settings(dev_login=False).replace(api_port=8001).dev_login is False
