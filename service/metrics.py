@@ -22,6 +22,8 @@ benchmark scrapes them (bench/sampler.py reads POOL_METRICS), keep them stable:
   of the whole table), bounded by a short timeout.
 - video_tasks_api_content_checks_total{verdict}, video_tasks_api_creates_refused_total
   {reason}: what content safety and the fairness limits did to creates.
+- video_tasks_api_progress_waiting, video_tasks_api_progress_waits_total{outcome}: polls
+  held until their task changes (?wait=), and how they ended.
 - video_tasks_db_up: 1 when those statements answered, else 0 (and no task figures).
 - video_tasks_worker_*: the worker's running tasks and concurrency (gauges); tasks
   completed and failed, clip creates, possible duplicate creates, parts reused and clip
@@ -149,6 +151,11 @@ class ServiceMetrics:
             "video_tasks_api_creates_refused",
             "Creates refused by the fairness limits, by reason (rate_limited, "
             "too_many_unfinished)", ["reason"], registry=self.registry)
+        self.progress_waits = Counter(
+            "video_tasks_api_progress_waits",
+            "Progress polls that waited for a change (?wait=), by outcome (changed, "
+            "timeout; capped and stopping: answered at once)", ["outcome"],
+            registry=self.registry)
         # Label lookups cost more than the increments: keep the children by key.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._db_up = 0
@@ -241,6 +248,17 @@ class _ScrapeCollector:
         return []
 
 
+def waits_collector(waits: Any) -> Collect:
+    """The progress polls an API process holds now (service.api.waits.ProgressWaits)."""
+
+    def collect() -> Iterator[Metric]:
+        yield GaugeMetricFamily("video_tasks_api_progress_waiting",
+                                "Progress polls held until their task changes",
+                                value=waits.waiting)
+
+    return collect
+
+
 def worker_collector(worker: Any) -> Collect:
     """The worker's own figures, read from a runner.Worker at scrape time."""
 
@@ -293,8 +311,10 @@ def authorized(header: str | None, token: str) -> bool:
             and hmac.compare_digest(given.strip().encode(), token.encode()))
 
 
-async def serve(metrics: ServiceMetrics, host: str, port: int) -> web.AppRunner | None:
+async def serve(metrics: ServiceMetrics, host: str, port: int, *,
+                routes: Iterable[web.RouteDef] = ()) -> web.AppRunner | None:
     """/metrics on its own listener; None when port is 0 or the port cannot be bound.
+    `routes` are served beside it (the API's /ops dashboard, service.api.pages).
 
     SO_REUSEPORT lets a restarted process bind before the old one has left (rolling
     restart). A port that cannot be bound is logged, not fatal: the service runs on.
@@ -307,6 +327,7 @@ async def serve(metrics: ServiceMetrics, host: str, port: int) -> web.AppRunner 
 
     app = web.Application()
     app.router.add_get("/metrics", handler)
+    app.router.add_routes(routes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -56,6 +56,9 @@ NOTICE_SOURCES = ("product_name", "theme", "status", "finished_at", "task_id", "
 ENVIRONMENT_DEFAULTS: dict[str, dict[str, bool]] = {
     "auth_required": {"local": False, "production": True},
     "content_check_fail_open": {"local": True, "production": False},
+    # POST /api/dev-login (the demo page's login where there is no WeChat): local only,
+    # and off by default when WECHAT_APPID is set (_dev_login_default).
+    "dev_login": {"local": True, "production": False},
 }
 
 
@@ -83,6 +86,11 @@ class Settings:
     # The base of video_url; empty: http://API_HOST:API_PORT (follows the port).
     public_base_url: str = ""
     request_max_bytes: int = 16 * 1024
+    # A client has this long to send its request's headers, and again its body: a slow
+    # client is cut off (408) instead of holding a connection.
+    request_read_timeout_s: float = 10.0
+    # An idle keep-alive connection is closed after this long.
+    keepalive_timeout_s: float = 75.0
     # /metrics is served on its own address, never on the public port, unless a token is set.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100
@@ -93,6 +101,18 @@ class Settings:
     app_pool_max: int = 4
     # How long a request waits for a pool connection before it answers 503.
     pool_timeout_s: float = 2.0
+    # A pool connection is replaced after this long, so connections spread back over
+    # PgBouncer instances after one restarted.
+    app_pool_max_lifetime_s: float = 600.0
+    # GET /api/progress/{id}?wait=S&since=T holds a request until the task changes, for
+    # at most this long (wx.request gives up at 60 s).
+    progress_wait_max_s: float = 25.0
+    # One statement this often checks every waiting task of an API process.
+    progress_wait_tick_s: float = 0.25
+    # Waiting requests per API process, and per user (0: no limit); beyond them a poll
+    # is answered at once.
+    progress_waiters_max: int = 20000
+    progress_waiters_per_user: int = 10
     # Seconds a client is told to wait in Retry-After when the database is busy or down.
     retry_after_s: int = 2
     # Set on the app's role by `migrate` (PgBouncer does not pass startup options on).
@@ -191,6 +211,10 @@ class Settings:
     auth_token_secret: str = field(default=LOCAL_AUTH_TOKEN_SECRET, repr=False)
     auth_token_previous_secrets: str = field(default="", repr=False)
     auth_token_ttl_s: int = 259200
+    # POST /api/dev-login {"user": ...}: a login token for openid dev:<user> without
+    # WeChat, for the demo page at / on the local stack. Unset: on locally without
+    # WECHAT_APPID, off otherwise; ENVIRONMENT=production refuses it.
+    dev_login: bool | None = None
     # Content safety: product name and theme go through WeChat's msg_sec_check before a
     # task is stored. Unset: on when WECHAT_APPID is set.
     content_check: bool | None = None
@@ -248,6 +272,8 @@ class Settings:
         unset = [name for name in derived if not getattr(self, name)]
         for name in unset:
             object.__setattr__(self, name, derived[name])
+        if self.dev_login is None and self.environment in ENVIRONMENTS:
+            object.__setattr__(self, "dev_login", _dev_login_default(self))
         if self.environment in ENVIRONMENTS:
             for name, by_environment in ENVIRONMENT_DEFAULTS.items():
                 if getattr(self, name) is None:
@@ -285,7 +311,10 @@ class Settings:
         if ("public_base_url" not in changes and self.public_base_url
                 == default_public_base_url(self.api_host, self.api_port)):
             changes["public_base_url"] = ""
-        # Likewise the settings that follow ENVIRONMENT or WECHAT_APPID.
+        # Likewise the settings that follow ENVIRONMENT or WECHAT_APPID (DEV_LOGIN both).
+        if "dev_login" not in changes:
+            changes["dev_login"] = (None if self.dev_login == _dev_login_default(self)
+                                    else self.dev_login)
         for name, by_environment in ENVIRONMENT_DEFAULTS.items():
             if name not in changes and getattr(self, name) == by_environment.get(
                     self.environment):
@@ -313,6 +342,12 @@ class Settings:
 
 def _content_check_default(s: Settings) -> bool:
     return bool(s.wechat_appid) or s.environment == "production"
+
+
+def _dev_login_default(s: Settings) -> bool:
+    # With WeChat configured, logins are WeChat's (and its content check would see a
+    # made-up openid).
+    return s.environment == "local" and not s.wechat_appid
 
 
 def default_public_base_url(api_host: str, api_port: int) -> str:
@@ -422,6 +457,9 @@ def _production_problems(s: Settings, unset: list[str]) -> list[str]:
     if s.auth_token_secret == LOCAL_AUTH_TOKEN_SECRET:
         problems.append("ENVIRONMENT=production: set AUTH_TOKEN_SECRET (at least 32 random "
                         "bytes; the default is the local stack's)")
+    if s.dev_login:
+        problems.append("ENVIRONMENT=production: unset DEV_LOGIN (POST /api/dev-login logs "
+                        "anyone in without WeChat; it is for the local stack)")
     if "public_base_url" in unset and s.storage_backend == "local":
         problems.append("ENVIRONMENT=production: set PUBLIC_BASE_URL (the https address "
                         "clients reach the videos at)")
@@ -461,9 +499,15 @@ def _validate(s: Settings) -> list[str]:
     for name in positive:
         if getattr(s, name) < 1:
             problems.append(f"{name.upper()} must be at least 1")
-    for name in ("pool_timeout_s", "lease_s", "heartbeat_interval_s", "worker_poll_interval_s"):
+    for name in ("pool_timeout_s", "lease_s", "heartbeat_interval_s", "worker_poll_interval_s",
+                 "request_read_timeout_s", "keepalive_timeout_s", "progress_wait_max_s",
+                 "app_pool_max_lifetime_s",
+                 "progress_wait_tick_s"):
         if getattr(s, name) <= 0:
             problems.append(f"{name.upper()} must be positive")
+    for name in ("progress_waiters_max", "progress_waiters_per_user"):
+        if getattr(s, name) < 0:
+            problems.append(f"{name.upper()} must be 0 or more")
     if s.app_pool_min < 0 or s.app_pool_min > s.app_pool_max:
         problems.append("APP_POOL_MIN must be between 0 and APP_POOL_MAX")
     if s.duration_max_s < s.duration_min_s:

@@ -174,6 +174,13 @@ async def get_progress_many(pool: AsyncConnectionPool,
     return {row["task_id"]: row for row in rows}
 
 
+async def get_progress_changed(pool: AsyncConnectionPool, since: dict[uuid.UUID, datetime]
+                               ) -> list[dict[str, Any]]:
+    """The rows of these tasks that changed after their `since`."""
+    return await db.fetch_all(pool, "get_progress_changed", {
+        "task_ids": list(since), "since": list(since.values())})
+
+
 async def list_for_owner(pool: AsyncConnectionPool, *, owner_openid: str, limit: int,
                          before: tuple[datetime, uuid.UUID] | None) -> list[dict[str, Any]]:
     """One page of the owner's tasks, newest first, after the (created_at, task_id) key."""

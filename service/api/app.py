@@ -6,6 +6,7 @@ between requests but the pool, so any number of API processes can serve the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -19,7 +20,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from service import auth, db, errors, metrics, storage, tasks, wechat
-from service.api import moderation, openapi, validation, video_urls
+from service.api import moderation, openapi, pages, validation, video_urls, waits
 from service.api import progress as progress_reads
 from service.settings import Settings
 
@@ -31,6 +32,7 @@ POOL_KEY = web.AppKey("pool", AsyncConnectionPool)
 REQUEST_OBSERVERS_KEY = web.AppKey("request_observers", list)
 METRICS_KEY = web.AppKey("metrics", metrics.ServiceMetrics)
 PROGRESS_KEY = web.AppKey("progress_reader", progress_reads.ProgressReader)
+WAITS_KEY = web.AppKey("progress_waits", waits.ProgressWaits)
 # Set when the storage's URLs expire (presigned S3): completed tasks get a fresh one.
 FRESH_URLS_KEY = web.AppKey("fresh_urls", video_urls.FreshUrls)
 # Set when WECHAT_APPID is: the client POST /api/login exchanges codes with.
@@ -50,10 +52,12 @@ class ApiError(Exception):
     """Raised by a handler to answer with the one JSON error shape."""
 
     def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, close: bool = False) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
+        # Close the connection after answering (what is left of the request is unread).
+        self.close = close
 
 
 def json_response(data: Any, *, status: int = 200,
@@ -66,7 +70,10 @@ def error_response(error: ApiError) -> web.Response:
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.field:
         body["field"] = error.field
-    return json_response({"error": body}, status=error.status, headers=error.headers)
+    response = json_response({"error": body}, status=error.status, headers=error.headers)
+    if error.close:
+        response.force_close()
+    return response
 
 
 # aiohttp's own HTTP errors (unknown route, wrong method, body too large) as our codes.
@@ -134,7 +141,13 @@ async def _json_body(request: web.Request) -> Any:
     if request.content_type != JSON:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json",
                        field="Content-Type")
-    raw = await request.read()
+    try:
+        # A body that trickles in is cut off instead of holding the connection.
+        async with asyncio.timeout(request.app[SETTINGS_KEY].request_read_timeout_s):
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise ApiError(408, "request_timeout", "the request body did not arrive in time",
+                       close=True) from exc
     try:
         return validation.parse_json(raw)
     except validation.BadJson as exc:
@@ -206,10 +219,17 @@ async def progress(request: web.Request) -> web.Response:
         raise ApiError(400, "validation_error", "task_id must be a UUID",
                        field="task_id") from exc
     who = caller(request)
+    settings = request.app[SETTINGS_KEY]
+    wait_s, since = validation.progress_wait(request.query, settings.progress_wait_max_s)
     row = await request.app[PROGRESS_KEY].get(task_id)
     # Someone else's task is as good as no task: its existence is not the caller's business.
     if row is None or row["owner_openid"] != who:
         raise ApiError(404, "task_not_found", f"no task with id {task_id}", field="task_id")
+    if (wait_s > 0 and since is not None and row["updated_at"] <= since
+            and row["status"] not in tasks.TERMINAL):
+        row, outcome = await request.app[WAITS_KEY].wait(
+            row, since=since, wait_s=wait_s, user=tasks.requester_key(who, request.remote))
+        request.app[METRICS_KEY].progress_waits.labels(outcome.value).inc()
     return json_response(await _task_json(request, row))
 
 
@@ -351,6 +371,8 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS_KEY] = metrics.ServiceMetrics("api")
     app[REQUEST_OBSERVERS_KEY] = [app[METRICS_KEY].observe_request]
     app.cleanup_ctx.append(_pool_ctx)
+    # A graceful stop answers every held progress poll at once, before draining.
+    app.on_shutdown.append(_release_waits)
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(_wechat_ctx)
@@ -362,6 +384,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", public_metrics)
     app.router.add_get(openapi.SPEC_PATH, openapi.serve)
+    pages.register(app)  # the demo at /, the /ops dashboard, POST /api/dev-login
     if settings.storage_backend == "local":
         # Finished videos only (parts stay private); with S3 the bucket or its CDN
         # serves them and the API serves no files.
@@ -411,17 +434,28 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     # Opened inside the running loop; a wrong URL or password fails here, at boot.
     await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
     app[POOL_KEY] = pool
-    app[PROGRESS_KEY] = progress_reads.ProgressReader(
-        pool, max_in_flight=app[SETTINGS_KEY].app_pool_max)
+    settings = app[SETTINGS_KEY]
+    app[PROGRESS_KEY] = progress_reads.ProgressReader(pool, max_in_flight=settings.app_pool_max)
+    app[WAITS_KEY] = waits.ProgressWaits(
+        pool, tick_s=settings.progress_wait_tick_s, max_waiting=settings.progress_waiters_max,
+        max_per_user=settings.progress_waiters_per_user)
+    app[METRICS_KEY].extra.append(metrics.waits_collector(app[WAITS_KEY]))
     yield
+    await app[WAITS_KEY].close()
     await pool.close()
+
+
+async def _release_waits(app: web.Application) -> None:
+    if WAITS_KEY in app:
+        app[WAITS_KEY].release_all()
 
 
 async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """/metrics on METRICS_HOST:METRICS_PORT, with the pool's figures."""
     settings, app_metrics = app[SETTINGS_KEY], app[METRICS_KEY]
     app_metrics.pool = app[POOL_KEY]
-    runner = await metrics.serve(app_metrics, settings.metrics_host, settings.metrics_port)
+    runner = await metrics.serve(app_metrics, settings.metrics_host, settings.metrics_port,
+                                 routes=pages.metrics_port_routes(app))
     yield
     if runner is not None:
         await runner.cleanup()

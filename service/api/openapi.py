@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from service import storage, tasks
-from service.api import validation
+from service.api import dev_login, pages, validation
 from service.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -55,7 +55,13 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             f"{api.READY_TIMEOUT_S:g} s.", "ready", unavailable=True)},
         "/metrics": {"get": _metrics_operation(bool(settings.metrics_token))},
         SPEC_PATH: {"get": _spec_operation()},
+        pages.DEMO_PATH: {"get": _demo_page_operation()},
+        pages.ASSET_PATH: {"get": _asset_operation()},
+        pages.OPS_PATH: {"get": _ops_page_operation(bool(settings.metrics_token))},
+        pages.OPS_DATA_PATH: {"get": _ops_data_operation(bool(settings.metrics_token))},
     }
+    if dev_login.enabled(settings):
+        paths[dev_login.PATH] = {"post": _dev_login_operation(settings)}
     if settings.storage_backend == "local":
         paths[f"/media/{storage.VIDEOS_DIR}/{{name}}"] = {
             "get": _video_operation(api.VIDEO_FILE_NAME.pattern)}
@@ -70,7 +76,12 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "Every error has one shape, `{\"error\": {\"code\", \"message\", "
                 "\"field\"?}}`; `code` is stable, `message` is for people, `field` names "
                 "the request field or header at fault. Answers that say `Retry-After` "
-                "name the seconds to wait."),
+                "name the seconds to wait. On any path, a request aiohttp cannot read is "
+                "answered in the same shape: 431 `headers_too_large` (a header or the "
+                "request line over 8190 bytes, or over 128 headers), 400 `bad_request` "
+                "(not HTTP/1.1), and 408 `request_timeout` when the headers take longer "
+                f"than {settings.request_read_timeout_s:g} s (REQUEST_READ_TIMEOUT_S); the "
+                "connection is then closed."),
         },
         "paths": paths,
         "components": {
@@ -154,6 +165,7 @@ def _create_operation(settings: Settings) -> dict[str, Any]:
             "405": _method_not_allowed(),
             "409": _error("This Idempotency-Key was used with another request.",
                           ["idempotency_key_reused"]),
+            "408": _too_slow(settings),
             "413": _too_large(settings),
             "415": _error("Content-Type is not application/json.",
                           ["unsupported_media_type"]),
@@ -173,14 +185,31 @@ def _progress_operation(settings: Settings) -> dict[str, Any]:
         "operationId": "getProgress",
         "summary": "A task's progress",
         "security": _caller_security(settings, anonymous=not settings.auth_required),
+        "description": (
+            "Without `wait`, the task as it is now. With `wait=S&since=T` (T: the "
+            "`updated_at` of the last answer), the answer is held until the task changes "
+            f"after T or S seconds pass (S is cut to {settings.progress_wait_max_s:g}, "
+            "PROGRESS_WAIT_MAX_S); a finished task, a change already made, or no `since` "
+            "answer at once, and so does a poll beyond the server's caps of held polls. "
+            "The mini-program's loop: poll with `wait`, show the answer, poll again with "
+            "its `updated_at`."),
         "parameters": [{
             "name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "format": "uuid"},
+        }, {
+            "name": "wait", "in": "query", "required": False,
+            "description": "Seconds to hold the poll for a change, e.g. 25.",
+            "schema": {"type": "string", "pattern": validation.WAIT_PATTERN.pattern},
+        }, {
+            "name": "since", "in": "query", "required": False,
+            "description": "The `updated_at` of the last answer, as it was given.",
+            "schema": {"type": "string", "pattern": validation.SINCE_PATTERN.pattern},
         }],
         "responses": {
-            "200": {"description": "The task as it is now.",
+            "200": {"description": "The task as it is now, or once it changed.",
                     "content": {JSON: {"schema": {"$ref": "#/components/schemas/Progress"}}}},
-            "400": _error("task_id is not a UUID.", ["validation_error"]),
+            "400": _error("task_id is not a UUID, or wait or since is malformed.",
+                          ["validation_error"]),
             **_auth_errors(),
             "404": _error("No such task, or someone else's.", ["task_not_found", "not_found"]),
             "405": _method_not_allowed(),
@@ -217,6 +246,7 @@ def _login_operation(settings: Settings, code_max_chars: int) -> dict[str, Any]:
                           ["validation_error", "invalid_json", "invalid_code"]),
             "403": _error("WeChat refused this user.", ["user_blocked"]),
             "405": _method_not_allowed(),
+            "408": _too_slow(settings),
             "413": _too_large(settings),
             "415": _error("Content-Type is not application/json.",
                           ["unsupported_media_type"]),
@@ -303,6 +333,121 @@ def _spec_operation() -> dict[str, Any]:
     }
 
 
+def _demo_page_operation() -> dict[str, Any]:
+    return {
+        "operationId": "demoPage",
+        "summary": "The demo page: the mini-program's flow in a browser",
+        "description": "Log in (POST /api/dev-login where DEV_LOGIN is on), create a video, "
+                       "follow its progress, play it, list my videos. Plain files from "
+                       "service/api/static, no build step, nothing from a CDN.",
+        "security": [],
+        "responses": {
+            "200": {"description": "HTML.", "content": {"text/html": {"schema": {
+                "type": "string"}}}},
+            "405": _method_not_allowed(),
+        },
+    }
+
+
+def _asset_operation() -> dict[str, Any]:
+    types = sorted({content_type for _, content_type in pages.ASSETS.values()})
+    return {
+        "operationId": "pageAsset",
+        "summary": "A script or style sheet of the pages",
+        "security": [],
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string", "enum": sorted(pages.ASSETS)}}],
+        "responses": {
+            "200": {"description": "The file.",
+                    "content": {t: {"schema": {"type": "string"}} for t in types}},
+            "404": _error("No such file.", ["not_found"]),
+            "405": _method_not_allowed(),
+        },
+    }
+
+
+def _ops_page_operation(token_set: bool) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": "opsPage",
+        "summary": "The pools-and-queue dashboard",
+        "description": "Charts of GET /ops/data, refreshed every second. Served here only "
+                       "when METRICS_TOKEN is set, like /metrics (the page holds no data; "
+                       "its data needs the token, which it takes from `#token=` or asks "
+                       "for); always served on METRICS_HOST:METRICS_PORT, without a token.",
+        "security": [],
+    }
+    if not token_set:
+        return {**operation, "responses": {
+            "404": _error("METRICS_TOKEN is not set.", ["not_found"]),
+            "405": _method_not_allowed(),
+        }}
+    return {**operation, "responses": {
+        "200": {"description": "HTML.", "content": {"text/html": {"schema": {
+            "type": "string"}}}},
+        "405": _method_not_allowed(),
+    }}
+
+
+def _ops_data_operation(token_set: bool) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": "opsData",
+        "summary": "The dashboard's data: the doctor's report of one shared sample",
+        "description": "`video-tasks doctor --json` of a sample this process took at most "
+                       "a second ago (one sample at a time, shared by every viewer), the "
+                       "figures the charts plot, and this process's psycopg pool. Served "
+                       "here only with METRICS_TOKEN, to callers who send it; always on "
+                       "METRICS_HOST:METRICS_PORT, without a token.",
+    }
+    if not token_set:
+        return {**operation, "security": [], "responses": {
+            "404": _error("METRICS_TOKEN is not set.", ["not_found"]),
+            "405": _method_not_allowed(),
+        }}
+    return {**operation, "security": [{"metricsToken": []}], "responses": {
+        "200": {"description": "The newest report.",
+                "content": {JSON: {"schema": {"$ref": "#/components/schemas/Dashboard"}}}},
+        "401": _error("No or a wrong METRICS_TOKEN.", ["unauthorized"],
+                      headers=_www_authenticate_header()),
+        "405": _method_not_allowed(),
+    }}
+
+
+def _dev_login_operation(settings: Settings) -> dict[str, Any]:
+    return {
+        "operationId": "devLogin",
+        "summary": "A login token without WeChat, for the local stack's demo page",
+        "description": "Only where DEV_LOGIN is on (the local stack without WECHAT_APPID; "
+                       "ENVIRONMENT=production refuses it), else the path does not exist. "
+                       f"The token is POST /api/login's, for the openid "
+                       f"`{dev_login.OPENID_PREFIX}<user>`.",
+        "security": [],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {
+                "type": "object",
+                "required": ["user"],
+                "additionalProperties": False,
+                "properties": {"user": {"type": "string",
+                                        "pattern": dev_login.USER_PATTERN.pattern,
+                                        "description": "Any name: the same name is the "
+                                                       "same user."}},
+            }}},
+        },
+        "responses": {
+            "200": {"description": "Logged in.",
+                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/Login"}}}},
+            "400": _error("user is missing or not 1 to "
+                          f"{dev_login.USER_MAX_CHARS} letters, digits, - or _, or the body "
+                          "is not JSON.", ["validation_error", "invalid_json"]),
+            "405": _method_not_allowed(),
+            "408": _too_slow(settings),
+            "413": _too_large(settings),
+            "415": _error("Content-Type is not application/json.",
+                          ["unsupported_media_type"]),
+        },
+    }
+
+
 def _video_operation(name_pattern: str) -> dict[str, Any]:
     return {
         "operationId": "getVideo",
@@ -365,6 +510,11 @@ def _unavailable() -> dict[str, Any]:
 def _too_large(settings: Settings) -> dict[str, Any]:
     return _error(f"The body is over {settings.request_max_bytes} bytes.",
                   ["payload_too_large"])
+
+
+def _too_slow(settings: Settings) -> dict[str, Any]:
+    return _error(f"The body took longer than {settings.request_read_timeout_s:g} s to "
+                  "arrive; the connection is closed.", ["request_timeout"])
 
 
 def _method_not_allowed() -> dict[str, Any]:
@@ -470,6 +620,45 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "properties": {"token": {"type": "string"},
                            "expires_in": {"type": "integer", "minimum": 1,
                                           "description": "Seconds the token is valid."}},
+        },
+        "Dashboard": _dashboard_schema(),
+    }
+
+
+def _dashboard_schema() -> dict[str, Any]:
+    # Imported here: the doctor loads in an API process only when it is asked for.
+    from service.doctor import findings, snapshot
+
+    verdicts = [level.value for level in findings.Level if level is not findings.Level.UNKNOWN]
+    return {
+        "type": "object",
+        "required": ["taken_at", "verdict", "verdict_text", "points", "app_pool", "doctor"],
+        "properties": {
+            "taken_at": {"type": "string", "format": "date-time"},
+            "verdict": {"type": "string", "enum": verdicts},
+            "verdict_text": {"type": "string"},
+            "points": {
+                "type": "object", "required": list(snapshot.POINTS),
+                "additionalProperties": False,
+                "description": "What the charts plot; null where that part was unreadable.",
+                "properties": {name: {"type": ["number", "null"]} for name in snapshot.POINTS},
+            },
+            "app_pool": {
+                "type": "object", "required": ["pid", "stats"],
+                "properties": {"pid": {"type": "integer"},
+                               "stats": {"type": ["object", "null"],
+                                         "description": "psycopg_pool's get_stats()",
+                                         "additionalProperties": {"type": "integer"}}},
+            },
+            "doctor": {
+                "type": "object", "description": "`video-tasks doctor --json`",
+                "required": ["verdict", "exit_code", "checks", "recommendations",
+                             "pgbouncer", "postgres", "queue"],
+                "properties": {"verdict": {"type": "string", "enum": verdicts},
+                               "checks": {"type": "array", "items": {"type": "object"}},
+                               "recommendations": {"type": "array",
+                                                   "items": {"type": "string"}}},
+            },
         },
     }
 

@@ -9,6 +9,7 @@ import math
 import re
 import unicodedata
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -152,6 +153,40 @@ def _template_id(body: dict[str, Any], owner_openid: str | None,
         raise Invalid("template_id", "this server sends no subscribe messages "
                                      "(WECHAT_APPID is not set)")
     return value
+
+
+# `?wait=`: seconds as the client writes them, e.g. 25 or 2.5.
+WAIT_PATTERN = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,3})?$")
+# `?since=`: an `updated_at` as progress answers it (ISO 8601 with its offset).
+SINCE_PATTERN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+                           r"(\.[0-9]{1,6})?([+-][0-9]{2}:[0-9]{2}|Z)$")
+UNENCODED_PLUS = re.compile(r" ([0-9]{2}:[0-9]{2})$")
+
+
+def progress_wait(query: Mapping[str, str], max_wait_s: float) -> tuple[float, datetime | None]:
+    """(seconds to wait, the updated_at the client saw) of a progress poll; (0, None) for
+    a plain one. A wait over the server's limit is cut to it."""
+    wait_s = 0.0
+    if "wait" in query:
+        raw = query["wait"]
+        if not WAIT_PATTERN.fullmatch(raw):
+            raise Invalid("wait", f"wait must be a number of seconds (at most "
+                                  f"{max_wait_s:g} are waited)")
+        wait_s = min(float(raw), max_wait_s)
+    since = None
+    if "since" in query:
+        raw = query["since"]
+        try:
+            # An offset's "+" left unencoded arrives as a space: read it as meant.
+            raw = UNENCODED_PLUS.sub(r"+\1", raw)
+            if not SINCE_PATTERN.fullmatch(raw):
+                raise ValueError(raw)
+            since = datetime.fromisoformat(raw)
+        except ValueError as exc:
+            raise Invalid("since", "since must be the updated_at of an earlier answer "
+                                   "(ISO 8601 with its UTC offset; in a URL, + is %2B)"
+                          ) from exc
+    return wait_s, since
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:

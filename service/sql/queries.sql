@@ -28,6 +28,17 @@ SELECT task_id, status, progress, current_part, total_parts, video_url, video_ke
 FROM video_generation_tasks
 WHERE task_id = ANY(%(task_ids)s);
 
+-- get_progress_changed --
+-- Of the tasks polls are waiting on, those changed after what each poll last saw
+-- (`since`: the earliest among a task's waiters). One statement a tick answers every
+-- waiting poll of an API process; each element is a primary-key lookup.
+SELECT t.task_id, t.status, t.progress, t.current_part, t.total_parts, t.video_url,
+       t.video_key, t.error_message, t.error_code, t.created_at, t.updated_at,
+       t.owner_openid
+FROM unnest(%(task_ids)s::uuid[], %(since)s::timestamptz[]) AS waited(task_id, since)
+JOIN video_generation_tasks AS t ON t.task_id = waited.task_id
+WHERE t.updated_at > waited.since;
+
 -- list_owner_tasks --
 -- "My videos": one user's tasks, newest first, a page at a time. The page after one ends
 -- where that one did (keyset: created_at, task_id), so pages never skip or repeat a task
