@@ -28,6 +28,9 @@ class AppProcesses:
         self.settings = settings
         self.env = env
         self.python = python
+        # The processes this object started, until stopped: their exit is collected
+        # (no zombie, no Popen dropped while its child runs).
+        self.started: dict[str, ServiceProcess] = {}
 
     def pidfile(self, name: str) -> Path:
         return self.layout.run_dir / f"{name}.pid"
@@ -61,6 +64,7 @@ class AppProcesses:
             process.stop()
             self.pidfile(name).unlink(missing_ok=True)
             raise
+        self.started[name] = process
         return process
 
     def stop(self, name: str, log: Log = print) -> None:
@@ -69,4 +73,7 @@ class AppProcesses:
             # SIGTERM: the API drains requests, the worker hands unfinished tasks back.
             stop_pid(pid, timeout_s=STOP_TIMEOUT_S, group=True)
             log(f"{name}: stopped")
+        started = self.started.pop(name, None)
+        if started is not None:
+            started.proc.wait(timeout=STOP_TIMEOUT_S)
         self.pidfile(name).unlink(missing_ok=True)

@@ -554,6 +554,10 @@ async def test_a_second_sigterm_exits_at_once_and_the_lease_covers_the_task(
     first = processes.start_worker(**simulated(render_log, part_s=60))
     task_id = (await create_task(http, api.url, {**WRITE_UP_REQUEST, "duration": 10}))["task_id"]
     await wait_rows(direct, [task_id], lambda r: r["status"] == "generating", 30, "claimed")
+    # Mid-part (its 60 s render begun), not between the claim and the part (a few ms): a
+    # stop there reaches a stage boundary at once, and the worker would be gone before the
+    # second SIGTERM. The simulated provider shows nothing when a part starts.
+    await asyncio.sleep(1.0)
     first.signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
     while "stopping after the current stages" not in first.log():
