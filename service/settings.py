@@ -246,6 +246,11 @@ class Settings:
     # The doctor (`python -m service doctor`). Worker processes it counts in the
     # "(API processes + workers) x APP_POOL_MAX vs max_client_conn" arithmetic.
     doctor_expected_workers: int = 1
+    # Past one machine (service/capacity.py): API pods of API_PROCESSES each, and the
+    # PgBouncer instances they are spread over (the doctor reads one; the others are
+    # taken to be configured alike).
+    doctor_expected_api_pods: int = 1
+    doctor_pooler_instances: int = 1
     # Every doctor step (connect, query, console command) gives up after this long.
     doctor_timeout_s: float = 3.0
     # Sessions idle in a transaction longer than this are reported.
@@ -492,7 +497,8 @@ def _validate(s: Settings) -> list[str]:
         except psycopg.ProgrammingError:
             problems.append(f"{name.upper()} must be a postgresql:// URL or libpq conninfo")
     positive = (
-        "api_port", "api_processes", "app_pool_max", "worker_concurrency", "part_seconds",
+        "doctor_expected_api_pods", "doctor_pooler_instances", "api_port", "api_processes",
+        "app_pool_max", "worker_concurrency", "part_seconds",
         "duration_min_s", "max_attempts", "video_width", "video_height", "video_fps",
         "text_max_chars", "request_max_bytes", "retry_after_s",
     )

@@ -176,6 +176,27 @@ async def test_doctor_cli_flags_app_pools_that_exceed_max_client_conn(stack):
     assert any(r.startswith("config_client_conn:") for r in data["recommendations"])
 
 
+async def test_doctor_cli_applies_the_charts_rule_to_pods_and_poolers(stack):
+    """Past one machine: (20 pods x 2 processes + 50 workers) x 4 = 360 clients over 2
+    PgBouncers is 180 each (fits 400), and the server budget counts every instance's
+    pools; with 70 workers on one PgBouncer, 440 do not fit (service/capacity.py, the
+    Helm chart's rule)."""
+    base = {"API_PROCESSES": "2", "APP_POOL_MAX": "4", "DOCTOR_EXPECTED_WORKERS": "50",
+            "DOCTOR_EXPECTED_API_PODS": "20"}
+    spread = await asyncio.to_thread(run_cli, stack.app_env() | base
+                                     | {"DOCTOR_POOLER_INSTANCES": "2"}, "--json")
+    checks = {c["name"]: c for c in json.loads(spread.stdout)["checks"]}
+    client = checks["config_client_conn"]
+    assert "= 360 over DOCTOR_POOLER_INSTANCES 2 PgBouncers = 180 each" in client["summary"]
+    assert client["level"] != "CRITICAL", client
+    assert "DOCTOR_POOLER_INSTANCES 2 × (" in checks["config_server_conn"]["summary"]
+    one = await asyncio.to_thread(run_cli, stack.app_env() | base
+                                  | {"DOCTOR_EXPECTED_WORKERS": "70"}, "--json")
+    checks = {c["name"]: c for c in json.loads(one.stdout)["checks"]}
+    assert checks["config_client_conn"]["level"] == "CRITICAL"
+    assert "= 440 client connections" in checks["config_client_conn"]["summary"]
+
+
 async def test_doctor_cli_reports_unreachable_parts_without_a_traceback(stack):
     env = stack.app_env() | {"POSTGRES_PORT": str(free_port()),
                              "PGBOUNCER_PORT": str(free_port()), "DATABASE_URL": "",

@@ -322,7 +322,7 @@ def test_pods_run_as_non_root_on_a_read_only_root_with_limits(default):
     assert default.config()["XDG_CACHE_HOME"].startswith("/tmp/")
 
 
-def test_production_settings_of_the_release(default):
+def test_production_settings_of_the_release(chart, default):
     config = default.config()
     assert config["ENVIRONMENT"] == "production"
     assert config["STORAGE_BACKEND"] == "s3" and config["S3_BUCKET"] == "videos"
@@ -330,6 +330,11 @@ def test_production_settings_of_the_release(default):
     # Every connection is encrypted; none names a password.
     for name in ("DATABASE_URL", "DATABASE_DIRECT_URL", "DATABASE_OWNER_URL"):
         assert conninfo_to_dict(config[name])["sslmode"] == "require", name
+    # The doctor run in a pod checks the release's own arithmetic: its pods and poolers.
+    plan = plan_of(chart, values())
+    assert (config["DOCTOR_EXPECTED_API_PODS"], config["DOCTOR_EXPECTED_WORKERS"],
+            config["DOCTOR_POOLER_INSTANCES"]) == (
+        str(plan.api_pods), str(plan.worker_pods), str(plan.pooler_instances))
 
 
 # --- stopping ----------------------------------------------------------------------------

@@ -330,8 +330,13 @@ def pg_long_statements(outcome: str, f: Facts) -> tuple[str, str]:
 
 def config_client_conn(outcome: str, f: Facts) -> tuple[str, str]:
     now, limit, planned = f["now"], f["max_client_conn"], f["planned"]
-    summary = (f"(API_PROCESSES {f['api_processes']} + DOCTOR_EXPECTED_WORKERS "
-               f"{f['expected_workers']}) × APP_POOL_MAX {f['app_pool_max']} = {planned} "
+    pods, poolers = f.get("api_pods", 1), f.get("pooler_instances", 1)
+    api = (f"DOCTOR_EXPECTED_API_PODS {pods} × API_PROCESSES {f['api_processes']}"
+           if pods > 1 else f"API_PROCESSES {f['api_processes']}")
+    spread = (f"{f['clients']} over DOCTOR_POOLER_INSTANCES {poolers} PgBouncers = "
+              f"{planned} each" if poolers > 1 else f"{planned}")
+    summary = (f"({api} + DOCTOR_EXPECTED_WORKERS "
+               f"{f['expected_workers']}) × APP_POOL_MAX {f['app_pool_max']} = {spread} "
                f"client connections at most, of max_client_conn {limit} (now: "
                f"{API_APP} {now[API_APP]}, {WORKER_APP} {now[WORKER_APP]})")
     if outcome == "over_limit":
@@ -360,8 +365,11 @@ def config_server_conn(outcome: str, f: Facts) -> tuple[str, str]:
         if t["capped"]:
             term += f", capped by max_db_connections {t['max_db_connections']}"
         terms.append(f"{term} = {t['most']}")
+    poolers = f.get("pooler_instances", 1)
+    each = (f"DOCTOR_POOLER_INSTANCES {poolers} × (" if poolers > 1 else "(")
     summary = (f"PgBouncer may open {f['pgbouncer_budget']} server connections "
-               f"({'; '.join(terms) or 'no pool'}) + {f['other_sessions']} other sessions now "
+               f"{each}{'; '.join(terms) or 'no pool'}) + {f['other_sessions']} other "
+               "sessions now "
                f"= {f['total']} of {f['usable']} usable (max_connections "
                f"{f['max_connections']} − {f['reserved']} reserved)")
     if outcome == "over_limit":

@@ -32,23 +32,30 @@ def check_client_budget(ctx: Context) -> Finding:
     if console is None:
         return ctx.unreadable("console")
     limit = console.setting("max_client_conn")
-    processes = s.api_processes + s.doctor_expected_workers
-    planned = capacity.clients_per_pooler(capacity.client_connections(
-        api_pods=1, api_processes=s.api_processes, worker_pods=s.doctor_expected_workers,
-        app_pool_max=s.app_pool_max), pooler_instances=1)
+    pods, poolers = s.doctor_expected_api_pods, s.doctor_pooler_instances
+    processes = pods * s.api_processes + s.doctor_expected_workers
+    clients = capacity.client_connections(
+        api_pods=pods, api_processes=s.api_processes, worker_pods=s.doctor_expected_workers,
+        app_pool_max=s.app_pool_max)
+    planned = capacity.clients_per_pooler(clients, poolers)
     apps = pgbouncer.clients_by_application(console.clients)
     now = {app: sum(apps.get(app, {}).values()) for app in (API_APP, WORKER_APP)}
     facts: dict[str, Any] = {
         "api_processes": s.api_processes, "expected_workers": s.doctor_expected_workers,
+        "api_pods": pods, "pooler_instances": poolers, "clients": clients,
         "app_pool_max": s.app_pool_max, "planned": planned, "max_client_conn": limit,
         "now": now, "suggest": math.ceil(planned * HEADROOM)}
     if planned > limit:
-        return ctx.found(Level.CRITICAL, "over_limit", fit=limit // processes, **facts)
-    # An application holding more client connections than the arithmetic allows: more
-    # processes run than the settings say.
-    over = {app: most for app, most in ((API_APP, s.api_processes * s.app_pool_max),
-                                        (WORKER_APP, s.doctor_expected_workers * s.app_pool_max))
-            if now[app] > most}
+        return ctx.found(Level.CRITICAL, "over_limit", fit=limit * poolers // processes,
+                         **facts)
+    # An application holding more client connections than the arithmetic allows this
+    # PgBouncer: more processes run than the settings say.
+    over = {app: most for app, most in (
+        (API_APP, capacity.clients_per_pooler(pods * s.api_processes * s.app_pool_max,
+                                              poolers)),
+        (WORKER_APP, capacity.clients_per_pooler(s.doctor_expected_workers * s.app_pool_max,
+                                                 poolers)))
+        if now[app] > most}
     if over:
         return ctx.found(Level.WARNING, "more_processes", over=over, **facts)
     level = share_level(planned, limit)
@@ -79,9 +86,14 @@ def check_server_budget(ctx: Context) -> Finding:
         servers += sum(pgbouncer.server_connections(p) for p in pools)
     o = pg.overview
     usable = usable_connections(o)
+    # Every PgBouncer instance has pools of its own; the others are taken to be like
+    # this one, down to their server connections now.
+    poolers = ctx.settings.doctor_pooler_instances
+    budget, servers = budget * poolers, servers * poolers
     others = max(0, int(o["connections"]) - servers)
     total = budget + others
     facts = {"terms": terms, "pgbouncer_budget": budget, "other_sessions": others,
+             "pooler_instances": poolers,
              "total": total, "usable": usable, "max_connections": int(o["max_connections"]),
              "reserved": int(o["superuser_reserved"]) + int(o["reserved"])}
     if total > usable:

@@ -24,8 +24,10 @@ APP_POOL_MAX: {{ .Values.appPool.max | quote }}
 POOL_TIMEOUT_S: {{ .Values.appPool.timeoutSeconds | quote }}
 WORKER_CONCURRENCY: {{ .Values.worker.concurrency | quote }}
 SHUTDOWN_GRACE_S: {{ .Values.worker.shutdownGraceSeconds | quote }}
-# Workers at their most, for the doctor's arithmetic.
+# Pods at their most and the poolers, for the doctor's arithmetic (the chart's own rule).
 DOCTOR_EXPECTED_WORKERS: {{ $capacity.workerPods | quote }}
+DOCTOR_EXPECTED_API_PODS: {{ $capacity.apiPods | quote }}
+DOCTOR_POOLER_INSTANCES: {{ $capacity.poolerInstances | quote }}
 VIDEO_PROVIDER: {{ .Values.videoProvider | quote }}
 WECHAT_APPID: {{ .Values.wechat.appid | quote }}
 CONTENT_CHECK: {{ .Values.contentCheck | quote }}
