@@ -1,8 +1,11 @@
 """`python -m bench`: run the benchmark; every figure goes to --out (JSON, PNG, Markdown).
 
-    python -m bench                                   # 1000 users, 60 s, all modes
+    python -m bench                                   # 1000 users, 60 s, default modes
     python -m bench --users 300 --duration 20 --modes design
     python -m bench --find-capacity --modes ""        # only the capacity search
+    python -m bench --compare-wait --users 1500 --part-seconds 30 --duration 150
+                                                      # polling every second vs waiting
+    python -m bench rehearsal                         # two PgBouncers, kills (bench/rehearsal.py)
 """
 
 from __future__ import annotations
@@ -43,11 +46,18 @@ def parse(argv: list[str] | None = None) -> bench_run.Options:
     p.add_argument("--ramp", type=float, default=d.ramp_fraction,
                    help="share of the run over which users start (%(default)s)")
     p.add_argument("--modes", type=_modes, default=d.modes,
-                   help="comma-separated, in order: design,direct,pgbench (all)")
+                   help=f"comma-separated, in order, of {','.join(bench_run.MODES)} "
+                        f"(default: {','.join(d.modes)})")
+    p.add_argument("--wait", type=float, default=d.wait_s,
+                   help="seconds a waiting poll asks to be held (design-wait; %(default)s)")
+    p.add_argument("--compare-wait", action="store_true",
+                   help="polling every second and waiting polls side by side: "
+                        "--modes design,design-wait --readpath-seconds 0 --no-restart")
     p.add_argument("--part-seconds", type=float, default=d.part_seconds,
                    help="simulated provider wait per part (%(default)s)")
-    p.add_argument("--video-seconds", type=int, default=d.video_seconds,
-                   help="duration the users ask for; parts = ceil(it / 5) (%(default)s)")
+    p.add_argument("--video-seconds", type=_ints, default=d.video_seconds,
+                   help="duration the users ask for; parts = ceil(it / 5) (10); several, "
+                        "comma-separated: each user asks for them in turn")
     service = Settings()
     p.add_argument("--api-processes", type=int, default=d.api_processes,
                    help=f"API processes sharing the port (%(default)s; the service's "
@@ -70,7 +80,8 @@ def parse(argv: list[str] | None = None) -> bench_run.Options:
                    help="seconds PgBouncer stays down in each restart probe (0,3)")
     p.add_argument("--no-restart", action="store_true", help="skip the PgBouncer restart probes")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s,
-                   help="seconds to wait for started tasks after the users stop")
+                   help="seconds to wait for started tasks after the users stop "
+                        "(at least one task's length + 30 s)")
     p.add_argument("--find-capacity", action="store_true",
                    help="after the modes, step users up until a step fails")
     p.add_argument("--capacity-steps", type=_ints, default=d.capacity_steps,
@@ -85,10 +96,16 @@ def parse(argv: list[str] | None = None) -> bench_run.Options:
     a = p.parse_args(argv)
     if a.users < 1 or a.duration <= 0 or a.api_processes < 1 or a.workers < 1:
         p.error("--users, --duration, --api-processes and --workers must be positive")
+    if a.compare_wait:
+        a.modes, a.readpath_seconds, a.no_restart = ("design", "design-wait"), 0, True
+    if not a.video_seconds:
+        p.error("--video-seconds needs at least one duration")
+    if a.wait <= 0:
+        p.error("--wait must be positive")
     out = a.out or Path("bench/results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return bench_run.Options(
         users=a.users, duration_s=a.duration, ramp_fraction=a.ramp, modes=a.modes,
-        part_seconds=a.part_seconds, video_seconds=a.video_seconds,
+        part_seconds=a.part_seconds, video_seconds=a.video_seconds, wait_s=a.wait,
         api_processes=a.api_processes, workers=a.workers,
         worker_concurrency=a.worker_concurrency, pool_size=a.pool_size,
         app_pool_max=a.app_pool_max or None, readpath_s=a.readpath_seconds,
@@ -102,6 +119,10 @@ def parse(argv: list[str] | None = None) -> bench_run.Options:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["rehearsal"]:
+        from bench import rehearsal
+        return rehearsal.main(args[1:])
     options = parse(argv)
     results = bench_run.run(options)
     paths = report.write(results, options.out)

@@ -8,8 +8,9 @@ from typing import Any
 
 PROGRESS = "GET /api/progress/{id}"
 CREATE = "POST /api/generate-video"
-LABELS = {"design": "design (PgBouncer)", "direct": "direct (write-up pools)"}
-COLORS = {"design": "tab:blue", "direct": "tab:orange"}
+LABELS = {"design": "design (PgBouncer)", "design-wait": "design, waiting polls",
+          "direct": "direct (write-up pools)"}
+COLORS = {"design": "tab:blue", "design-wait": "tab:green", "direct": "tab:orange"}
 
 
 def write(results: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -39,10 +40,15 @@ def write_plot(results: dict[str, Any], path: Path) -> bool:
         label = LABELS.get(name, name)
         color = COLORS.get(name)
         t = [row["t"] for row in mode["timeline"]]
-        lat.plot(t, [row["progress_p99_ms"] for row in mode["timeline"]], color=color,
-                 label=f"{label} p99")
-        lat.plot(t, [row["progress_p50_ms"] for row in mode["timeline"]], color=color,
-                 linestyle=":", label=f"{label} p50")
+        if not mode.get("wait_s"):
+            # A waiting poll's latency is how long it was held: its delay is what counts.
+            lat.plot(t, [row["progress_p99_ms"] for row in mode["timeline"]], color=color,
+                     label=f"{label} p99")
+            lat.plot(t, [row["progress_p50_ms"] for row in mode["timeline"]], color=color,
+                     linestyle=":", label=f"{label} p50")
+        if any(row.get("change_delay_p99_ms") for row in mode["timeline"]):
+            lat.plot(t, [row.get("change_delay_p99_ms") for row in mode["timeline"]],
+                     color=color, linestyle="-.", label=f"{label}: change delay p99")
         rate.plot(t, [row["requests"] for row in mode["timeline"]], color=color,
                   label=f"{label} requests/s")
         st = [s["t"] for s in mode["samples"]]
@@ -56,7 +62,7 @@ def write_plot(results: dict[str, Any], path: Path) -> bool:
     if pool_size:
         conns.axhline(pool_size, color="grey", linestyle="--",
                       label=f"PgBouncer default_pool_size = {pool_size}")
-    lat.set_ylabel("GET progress latency (ms)")
+    lat.set_ylabel("GET progress latency, change-to-client delay (ms)")
     lat.set_yscale("log")
     conns.set_ylabel("connections")
     wait.set_ylabel("waiting clients")
@@ -67,7 +73,7 @@ def write_plot(results: dict[str, Any], path: Path) -> bool:
     for ax in (wait, rate):
         ax.set_xlabel("seconds into the run")
     users = results["meta"]["options"]["users"]
-    fig.suptitle(f"{users} polling users, {results['meta']['machine']['nproc']} cores "
+    fig.suptitle(f"{users} users, {results['meta']['machine']['nproc']} cores "
                  f"({results['meta']['date']})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -89,6 +95,11 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _seconds(value: Any) -> str:
+    """Video lengths: one, or several asked for in turn (older results: an int)."""
+    return ", ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+
+
 def _lat(endpoint: dict[str, Any]) -> str:
     return " / ".join(_fmt(endpoint.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms"))
 
@@ -105,7 +116,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"after {meta.get('load_after')}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
         f"Run: {o['users']} users, {o['duration_s']:.0f} s (ramp {o['ramp_fraction']:.0%}), "
-        f"simulated part {o['part_seconds']} s, video {o['video_seconds']} s, "
+        f"simulated part {o['part_seconds']} s, video {_seconds(o['video_seconds'])} s, "
+        f"worker concurrency {o['worker_concurrency'] or 'users'}, "
         f"API processes {o['api_processes']}, workers {o['workers']}; "
         f"PgBouncer {meta.get('pgbouncer')}.",
         "",
@@ -113,7 +125,9 @@ def markdown(results: dict[str, Any]) -> str:
     modes = {k: v for k, v in results["modes"].items() if "users_summary" in v}
     if modes:
         names = list(modes)
-        lines += [f"## Users polling every second ({o['users']} users, {o['duration_s']:.0f} s)",
+        how = ("polling every second" if not any(modes[n].get("wait_s") for n in names)
+               else "polling every second or waiting for changes")
+        lines += [f"## Users {how} ({o['users']} users, {o['duration_s']:.0f} s)",
                   "", "| | " + " | ".join(LABELS.get(n, n) for n in names) + " |",
                   "|---|" + "---|" * len(names)]
 
@@ -124,8 +138,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_fmt(r['users_summary']['requests_per_s'])} / "
             f"{_fmt(r['users_summary']['steady_requests_per_s'])}"))
         row("completed tasks/min", lambda r: _fmt(r["users_summary"]["completed_tasks_per_min"]))
-        row("GET progress p50/p95/p99/max ms",
+        row("requests per task created", lambda r: _fmt(
+            r["users_summary"]["requests"] / r["users_summary"]["tasks_created"]
+            if r["users_summary"]["tasks_created"] else None))
+        row("GET progress p50/p95/p99/max ms (waiting: time held)",
             lambda r: _lat(r["users_summary"]["endpoints"][PROGRESS]))
+        row("changes seen; change-to-client delay p50/p90/p99/max ms", lambda r: (
+            f"{r['users_summary']['change_delay']['changes_seen']}; " + " / ".join(
+                _fmt(r["users_summary"]["change_delay"].get(k))
+                for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))))
+        row("waiting polls: changed / unchanged after the wait / unchanged early",
+            lambda r: " / ".join(str(r["users_summary"].get("wait_outcomes", {}).get(k, 0))
+                                 for k in ("changed", "unchanged after the wait",
+                                           "unchanged, early"))
+            if r.get("wait_s") else "")
+        row("API: waits by outcome (all processes)", lambda r: ", ".join(
+            f"{k} {v}" for k, v in sorted(
+                r.get("server_waits", {}).get("outcomes", {}).items())) or "none")
         row("POST create p50/p95/p99/max ms",
             lambda r: _lat(r["users_summary"]["endpoints"][CREATE]))
         row("GET progress requests, status codes", lambda r: (
@@ -145,7 +174,7 @@ def markdown(results: dict[str, Any]) -> str:
         row("PgBouncer cl_waiting max / maxwait max s", lambda r: (
             f"{_fmt(r['connections']['pgbouncer_cl_waiting_max'])} / "
             f"{_fmt(r['connections']['pgbouncer_maxwait_max_s'])}"
-            if r["mode"] == "design" else "not in the path"))
+            if r["mode"] != "direct" else "not in the path"))
         row("app pools requests_waiting max",
             lambda r: _fmt(r["connections"]["app_pools_requests_waiting_max"]))
         row("CPU % of one core: api / worker / pgbouncer / postgres / bench / other",

@@ -3,6 +3,10 @@
 Modes (in the order given):
 - design:  the service through PgBouncer, as deployed. Users, then the read path (wrk)
            and PgBouncer restarts while clients poll.
+- design-wait: the same service, the users' polls waiting for a change
+           (?wait=&since=, bench/users.py) instead of asking every second. Not in the
+           default modes: `--modes design,design-wait` (or --compare-wait) puts it side by
+           side with design at the same users and workload.
 - direct:  the same service pointed straight at PostgreSQL with the original write-up's pool sizes
            (10 kept + 10 overflow = min 10, max 20 per process): what PgBouncer buys.
 - pgbench: the database's ceiling for the same statements through PgBouncer.
@@ -14,32 +18,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
 
 from bench import pgbench, readpath, restart, sampler, services, stats
 from bench.users import UserLoad, UserOptions
 from ops.stack import Stack
 from pgbouncer import render
+from service.settings import Settings
 
-MODES = ("design", "direct", "pgbench")
+MODES = ("design", "design-wait", "direct", "pgbench")
+DEFAULT_MODES = ("design", "direct", "pgbench")
+# The modes whose users wait for changes instead of polling every second.
+WAIT_MODES = ("design-wait",)
+THROUGH_PGBOUNCER = ("design", "design-wait")
 DEFAULT_POOL_SIZE = int(render.SETTINGS["default_pool_size"][0])
 # The original write-up's SQLAlchemy pool: pool_size=10, max_overflow=10.
 WRITE_UP_POOL_MIN, WRITE_UP_POOL_MAX = 10, 20
 DRAIN_POLL_S = 0.5
+DRAIN_MAX_S = 1800.0
 RECOMMENDED_API_PROCESSES = 2
 RECOMMENDED_APP_POOL_MAX = 8
 TERMINAL = ("completed", "failed")
+# The drain gives tasks started at the end of the users' run at least their own length
+# and this much more.
+DRAIN_MARGIN_S = 30.0
+# Open files beyond one per user: PgBouncer/metrics connections, logs, the sampler.
+SPARE_FILES = 512
+SCRAPE_TIMEOUT_S = 3.0
+# The targets of issue "Ten thousand waiting users": waiting polls at 10,000 users for
+# 120 s, and at 1,500 users at least 5 times fewer requests than polling every second.
+WAIT_TARGET_USERS, WAIT_TARGET_DURATION_S = 10_000, 120.0
+CHANGE_DELAY_P99_TARGET_MS = 1000.0
+FEWER_REQUESTS_USERS, FEWER_REQUESTS_RATIO = 1500, 5.0
 
 
 @dataclass(frozen=True)
@@ -47,9 +72,13 @@ class Options:
     users: int = 1000
     duration_s: float = 60.0
     ramp_fraction: float = 0.1
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
     part_seconds: float = 2.0
-    video_seconds: int = 10
+    # The video lengths users ask for; several: in turn (bench/users.py, video_mix).
+    video_seconds: tuple[int, ...] = (10,)
+    # What the users of a wait mode ask for (?wait=); the server caps it at
+    # PROGRESS_WAIT_MAX_S (25 s by default).
+    wait_s: float = 25.0
     # The deployment the published figures are for: two API processes on two cores,
     # each with a pool of 8 client connections to PgBouncer (see bench/README.md).
     api_processes: int = RECOMMENDED_API_PROCESSES
@@ -82,6 +111,7 @@ class Options:
 
 def run(options: Options, log=print) -> dict[str, Any]:
     started = time.time()
+    open_files = raise_open_files(options)
     results: dict[str, Any] = {"meta": machine_and_versions(options), "modes": {}}
     root = Path(tempfile.mkdtemp(prefix="video-tasks-bench-", dir="/tmp"))
     files = Path(tempfile.mkdtemp(prefix="video-tasks-bench-files-", dir=_tmpfs_dir()))
@@ -109,6 +139,7 @@ def run(options: Options, log=print) -> dict[str, Any]:
         stack.down(log=lambda _m: None)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(files, ignore_errors=True)
+    results["meta"]["open_files_limit"] = open_files
     results["meta"]["load_after"] = _loadavg()
     results["meta"]["wall_s"] = round(time.time() - started, 1)
     results["targets"] = evaluate_targets(results, options)
@@ -123,6 +154,9 @@ def service_overrides(stack: Stack, options: Options, *, mode: str,
         "api_processes": options.api_processes,
         "worker_concurrency": options.worker_concurrency or max(users, 4),
         "log_level": options.service_log_level,
+        # Every simulated user comes from 127.0.0.1, which the per-user cap on waiting
+        # polls counts as one user (as make_stack does for the create limits).
+        "progress_waiters_per_user": 0,
     }
     if options.app_pool_max is not None:
         overrides["app_pool_max"] = options.app_pool_max
@@ -139,16 +173,22 @@ def run_service_mode(stack: Stack, options: Options, *, mode: str, users: int,
     svc = services.Service(stack, overrides)
     svc.start(workers=options.workers, tag=f"{mode}-{users}")
     ramp_s = duration_s * options.ramp_fraction
+    wait_s = options.wait_s if mode in WAIT_MODES else None
     result: dict[str, Any] = {
         "mode": mode, "users": users, "duration_s": duration_s, "ramp_s": ramp_s,
+        "wait_s": wait_s,
         "service": {k: v for k, v in overrides.items() if k != "database_url"},
-        "database": "PgBouncer" if mode == "design" else "PostgreSQL (direct)",
+        "database": "PgBouncer" if mode in THROUGH_PGBOUNCER else "PostgreSQL (direct)",
     }
     try:
-        log(f"bench:   {users} users for {duration_s:.0f} s (API {svc.url})")
+        how = f"waiting polls (wait={wait_s:g} s)" if wait_s else "polling every second"
+        log(f"bench:   {users} users for {duration_s:.0f} s, {how} (API {svc.url})")
         user_opts = UserOptions(users=users, duration_s=duration_s, ramp_s=ramp_s,
-                                video_seconds=options.video_seconds)
+                                video_seconds=options.video_seconds[0],
+                                video_mix=options.video_seconds, wait_s=wait_s)
         rec, samples = _run_async(_users_and_samples(stack, svc, user_opts))
+        # The API's own count of how waiting polls ended (changed, timeout, capped, ...).
+        result["server_waits"] = server_waits(svc)
         result["users_summary"] = stats.summarize_users(rec, duration_s=duration_s,
                                                         ramp_s=ramp_s)
         result["timeline"] = stats.timeline(rec, duration_s)
@@ -156,8 +196,9 @@ def run_service_mode(stack: Stack, options: Options, *, mode: str, users: int,
         result["samples"] = samples
         result["service_processes_alive_after"] = all(p.alive() for p in svc.processes)
         log("bench:   waiting for the started tasks to finish")
-        result["tasks_after_drain"] = drain(stack, list(rec.tasks), options.drain_timeout_s)
-        if extras and options.readpath_s > 0:
+        result["tasks_after_drain"] = drain(stack, list(rec.tasks), drain_timeout_s(options))
+        # The read path is plain polls: the same service in design and design-wait.
+        if extras and options.readpath_s > 0 and mode not in WAIT_MODES:
             result["readpath"] = run_readpath(stack, svc, options, log)
         if extras and options.restart_downtimes and mode == "design":
             ids = services.seed(stack, 100)
@@ -209,10 +250,65 @@ def _cmd_has(pid: int, text: str) -> bool:
         return False
 
 
+def drain_timeout_s(options: Options) -> float:
+    """The drain's timeout: at least the longest task (parts x part time) plus a margin,
+    so that a long simulated video still in flight when the users stop is not "stuck"."""
+    parts = math.ceil(max(options.video_seconds) / Settings().part_seconds)
+    return max(options.drain_timeout_s, parts * options.part_seconds + DRAIN_MARGIN_S)
+
+
+def server_waits(svc: services.Service) -> dict[str, Any]:
+    """video_tasks_api_progress_waits_total by outcome, summed over the API processes
+    (empty when the service has no waiting polls)."""
+    outcomes: dict[str, float] = {}
+    scraped = 0
+    for name, url in svc.metrics_urls().items():
+        if not name.startswith("api-"):
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as resp:
+                text = resp.read().decode()
+        except (OSError, ValueError):
+            continue
+        scraped += 1
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "video_tasks_api_progress_waits_total":
+                    outcome = sample.labels.get("outcome", "")
+                    outcomes[outcome] = outcomes.get(outcome, 0) + int(sample.value)
+    return {"processes_scraped": scraped, "outcomes": outcomes}
+
+
+def raise_open_files(options: Options) -> dict[str, int]:
+    """Raise this process's soft limit on open files to its hard limit (the API and
+    worker processes inherit it): each user holds a connection here and one in an API
+    process. Fails at once when even the hard limit is too low for the users."""
+    users = max([options.users, *options.capacity_steps] if options.find_capacity
+                else [options.users])
+    needed = users + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit still has the kernel's nr_open above it: ask for what is needed.
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft != wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise SystemExit(f"bench: {users} users need about {needed} open files per "
+                         f"process, the hard limit is {hard}: raise it (ulimit -Hn, or "
+                         f"LimitNOFILE / limits.conf) or run fewer users")
+    return {"soft": soft, "hard": hard, "needed": needed}
+
+
 def drain(stack: Stack, task_ids: list[str], timeout_s: float) -> dict[str, Any]:
-    """Wait until every task the users created is terminal; count lost and stuck ones."""
-    started = time.monotonic()
+    """Wait until every task the users created is terminal; count lost and stuck ones.
+
+    The wait goes on while tasks keep finishing (a queue of pending tasks behind a worker
+    of bounded concurrency drains at its own pace), and gives up once none has finished
+    for timeout_s, or after DRAIN_MAX_S in all."""
+    started = last_progress = time.monotonic()
     counts: dict[str, int] = {}
+    finished = -1
     with services.superuser_connect(stack) as conn:
         while True:
             rows = conn.execute(
@@ -220,7 +316,11 @@ def drain(stack: Stack, task_ids: list[str], timeout_s: float) -> dict[str, Any]
                 "WHERE task_id = ANY(%s::uuid[]) GROUP BY status", [task_ids]).fetchall()
             counts = {status: n for status, n in rows}
             unfinished = sum(n for s, n in counts.items() if s not in TERMINAL)
-            if unfinished == 0 or time.monotonic() - started > timeout_s:
+            now = time.monotonic()
+            if sum(counts.values()) - unfinished > finished:
+                finished, last_progress = sum(counts.values()) - unfinished, now
+            if (unfinished == 0 or now - last_progress > timeout_s
+                    or now - started > DRAIN_MAX_S):
                 break
             time.sleep(DRAIN_POLL_S)
     found = sum(counts.values())
@@ -229,8 +329,10 @@ def drain(stack: Stack, task_ids: list[str], timeout_s: float) -> dict[str, Any]
         "by_status": counts,
         # Answered 202 but no row: the create was acknowledged and then lost.
         "lost": len(task_ids) - found,
-        # Not completed or failed within the drain timeout.
+        # Not completed or failed when the drain gave up (no task finished for
+        # timeout_s, or DRAIN_MAX_S passed).
         "stuck": sum(n for s, n in counts.items() if s not in TERMINAL),
+        "timeout_s": timeout_s,
         "failed": counts.get("failed", 0),
         "drain_s": round(time.monotonic() - started, 1),
     }
@@ -330,11 +432,57 @@ def evaluate_targets(results: dict[str, Any], options: Options) -> dict[str, Any
                 "recovery_s_by_downtime": {str(p["kept_down_s"]): p["recovery_s"]
                                            for p in probes},
                 "target_s": 1.0, "met": worst is not None and worst <= 1.0}
+    targets.update(_wait_targets(results))
     capacity = results.get("capacity")
     if capacity:
         targets["capacity"] = {"users": capacity["capacity_users"], "target": 500,
                                "step_duration_s": capacity["step_duration_s"],
                                "met": (capacity["capacity_users"] or 0) >= 500}
+    return targets
+
+
+def _wait_targets(results: dict[str, Any]) -> dict[str, Any]:
+    """Waiting polls: no error, nothing lost or stuck, change-to-client delay p99 under
+    1 s, server connections within default_pool_size; and, beside polling every second
+    at the same users and workload, at least 5 times fewer requests."""
+    targets: dict[str, Any] = {}
+    wait = results["modes"].get("design-wait")
+    if not wait:
+        return targets
+    summary = wait["users_summary"]
+    drained = wait["tasks_after_drain"]
+    conns = wait["connections"]
+    delay = summary["change_delay"]
+    errors = (summary["client_errors"] + summary["other_error_responses"]
+              + summary["unavailable_503"])
+    within = conns["pg_app_connections_within_pool_size"]
+    targets["waiting_polls"] = {
+        "users": wait["users"], "duration_s": wait["duration_s"],
+        "counts_for_target": (wait["users"] >= WAIT_TARGET_USERS
+                              and wait["duration_s"] >= WAIT_TARGET_DURATION_S),
+        "errors": errors, "lost": drained["lost"], "stuck": drained["stuck"],
+        "changes_seen": delay["changes_seen"],
+        "change_delay_p50_ms": delay["p50_ms"], "change_delay_p99_ms": delay["p99_ms"],
+        "change_delay_p99_target_ms": CHANGE_DELAY_P99_TARGET_MS,
+        "pg_app_connections_max": conns["pg_app_connections_max"],
+        "pool_size": conns["pgbouncer_default_pool_size"],
+        "server_capped": wait.get("server_waits", {}).get("outcomes", {}).get("capped", 0),
+        "met": bool(errors == 0 and drained["lost"] == 0 and drained["stuck"] == 0
+                    and delay["p99_ms"] is not None
+                    and delay["p99_ms"] < CHANGE_DELAY_P99_TARGET_MS and within),
+    }
+    plain = results["modes"].get("design")
+    if (plain and plain["users"] == wait["users"]
+            and plain["duration_s"] == wait["duration_s"]):
+        asked, waited = plain["users_summary"]["requests"], summary["requests"]
+        ratio = round(asked / waited, 2) if waited else None
+        targets["fewer_requests"] = {
+            "users": wait["users"], "duration_s": wait["duration_s"],
+            "counts_for_target": wait["users"] >= FEWER_REQUESTS_USERS,
+            "requests_polling_every_second": asked, "requests_waiting": waited,
+            "ratio": ratio, "target_ratio": FEWER_REQUESTS_RATIO,
+            "met": ratio is not None and ratio >= FEWER_REQUESTS_RATIO,
+        }
     return targets
 
 

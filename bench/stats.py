@@ -70,7 +70,19 @@ def summarize_users(rec: Recording, *, duration_s: float, ramp_s: float) -> dict
         "generator_cpu_pct": round(rec.generator_cpu_s / rec.wall_s * 100, 1)
         if rec.wall_s else None,
         "generator_loop_lag_max_ms": _ms(rec.loop_lag_max_s),
+        "change_delay": change_delay_summary(rec),
+        "wait_outcomes": dict(rec.wait_outcomes),
     }
+
+
+def change_delay_summary(rec: Recording) -> dict[str, Any]:
+    """How late users saw their tasks' changes: answers whose updated_at differed from
+    the previous answer's, delay = arrival (client wall clock) - updated_at."""
+    ordered = sorted(rec.change_delay_s)
+    return {"changes_seen": len(ordered), **latency_summary(ordered),
+            "p90_ms": _ms(percentile(ordered, 90)),
+            # A negative delay would mean the clocks disagree: same machine, never expected.
+            "min_ms": _ms(ordered[0] if ordered else None)}
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -83,6 +95,10 @@ def timeline(rec: Recording, duration_s: float) -> list[dict[str, Any]]:
     seconds = max(1, math.floor(duration_s))
     buckets: list[dict[int, list[float]]] = [{CREATE: [], PROGRESS: []} for _ in range(seconds)]
     errors = [0] * seconds
+    delays: list[list[float]] = [[] for _ in range(seconds)]
+    for seen, delay in zip(rec.change_seen_s, rec.change_delay_s, strict=True):
+        if int(seen) < seconds:
+            delays[int(seen)].append(delay)
     for endpoint, ended, latency, status in zip(rec.endpoint, rec.ended_s, rec.latency_s,
                                                 rec.status, strict=True):
         second = int(ended)
@@ -102,6 +118,8 @@ def timeline(rec: Recording, duration_s: float) -> list[dict[str, Any]]:
             "progress_p50_ms": _ms(percentile(progress, 50)),
             "progress_p99_ms": _ms(percentile(progress, 99)),
             "create_p99_ms": _ms(percentile(create, 99)),
+            "changes_seen": len(delays[second]),
+            "change_delay_p99_ms": _ms(percentile(sorted(delays[second]), 99)),
             "generator_lag_ms": _ms(rec.loop_lag_s[second]) if second < len(rec.loop_lag_s)
             else None,
         })
