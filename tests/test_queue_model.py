@@ -201,6 +201,10 @@ class QueueModel(RuleBasedStateMachine):
                                                 "limit": limit, "lease_s": LEASE_S,
                                                 "running": running})
         assert len(rows) == min(limit, len(eligible)), (rows, eligible)
+        # RETURNING comes in no set order (and task ids are random): taken in the order the
+        # model made the tasks, so that a replayed example draws the same claims.
+        made = list(self.tasks)
+        rows = sorted(rows, key=lambda row: made.index(row[0]))
         for task_id, token, _name, _theme, _duration, total_parts, current_part, attempts in rows:
             assert task_id in eligible
             task = self.tasks[task_id]
