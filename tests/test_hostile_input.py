@@ -167,6 +167,14 @@ async def test_an_oversized_header_is_a_json_431_that_quotes_nothing(slow_api, c
 
 
 @pytest.mark.asyncio
+async def test_too_many_headers_is_a_json_431(slow_api):
+    headers = b"".join(b"X-H%d: v\r\n" % n for n in range(200))
+    status, _headers, answer = parse(await exchange(
+        slow_api, b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n"))
+    assert (status, answer["error"]["code"]) == (431, "headers_too_large")
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("request_line", [b"\x16\x03\x01\x02\x00\x01\x00", b"GET / HTTP/9.9",
                                           b"GET /\x00 HTTP/1.1", b"BREW /pot HTTP/1.1"])
 async def test_what_is_not_http_gets_a_json_4xx(slow_api, request_line):

@@ -137,7 +137,7 @@ def _unavailable(request: web.Request) -> web.Response:
         headers={"Retry-After": str(retry_after)}))
 
 
-async def _json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
     if request.content_type != JSON:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json",
                        field="Content-Type")
@@ -157,7 +157,7 @@ async def _json_body(request: web.Request) -> Any:
 async def generate_video(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     owner = caller(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     client = request.app.get(WECHAT_KEY)
     new = validation.create_request(
         body, settings, request.headers.get("Idempotency-Key"), owner_openid=owner,
@@ -276,7 +276,7 @@ def _unauthorized(message: str, *, code: str = "unauthorized") -> ApiError:
 async def login(request: web.Request) -> web.Response:
     """`{"code": ...}` from wx.login() -> the app's own token. session_key stays here."""
     settings = request.app[SETTINGS_KEY]
-    body = await _json_body(request)
+    body = await json_body(request)
     code = body.get("code") if isinstance(body, dict) else None
     if not isinstance(code, str) or not code.strip() or len(code) > LOGIN_CODE_MAX_CHARS:
         raise validation.Invalid("code", "code is required: the string wx.login() gave, "

@@ -52,7 +52,7 @@ async def login(request: web.Request) -> web.Response:
     from service.api import app as api
 
     settings = request.app[api.SETTINGS_KEY]
-    user = user_of(await api._json_body(request))
+    user = user_of(await api.json_body(request))
     token = auth.issue(OPENID_PREFIX + user,
                        secret=auth.key_ring(settings.auth_token_secret,
                                             settings.auth_token_previous_secrets),

@@ -69,6 +69,9 @@ class ProgressWaits:
         self._waiting = 0
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
+        # Set while the tick's statement fails: logged when it starts and when it ends,
+        # not four times a second.
+        self._failing = False
 
     @property
     def waiting(self) -> int:
@@ -141,9 +144,14 @@ class ProgressWaits:
                 try:
                     rows = await tasks.get_progress_changed(self.pool, chunk)
                 except Exception as exc:  # the database is away: polls wait on, then time out
-                    logger.warning("progress waits: checking %d tasks failed: %s",
-                                   len(chunk), exc)
+                    if not self._failing:
+                        logger.warning("progress waits: checking %d tasks failed: %s",
+                                       len(chunk), exc)
+                    self._failing = True
                     continue
+                if self._failing:
+                    logger.info("progress waits: checking tasks works again")
+                    self._failing = False
                 for row in rows:
                     for waiter in list(self._by_task.get(row["task_id"], ())):
                         if row["updated_at"] > waiter.since:
